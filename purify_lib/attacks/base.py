@@ -1,0 +1,117 @@
+"""The one interface every attack implements, and the trigger-file lookup they share."""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import PROJECT_ROOT, ImageSet
+from ..errors import PurifyError
+
+TRIGGER_ENV = "PURIFY_TRIGGERS"
+
+
+@dataclass
+class Poisoned:
+    """A poisoned training set and the positions (in it) that were changed."""
+
+    data: ImageSet
+    poisoned: torch.Tensor  # int64 indices into ``data``
+
+
+class Attack:
+    """All-to-one backdoor attack on uint8 images ``(N, C, H, W)``.
+
+    Subclasses implement ``apply`` (the trigger, used on training poisons and on test
+    images alike).  Dirty-label attacks relabel the poisons to ``target``; clean-label
+    attacks poison only images already of the target class and leave labels alone.
+    Training-controlled attacks (WaNet) also implement ``poison_batch``, which the
+    training loop calls on every batch instead of training on a fixed poisoned set.
+    """
+
+    name = ""
+    clean_label = False
+    training_controlled = False
+    needs_clean_model = False  # LC: set ``clean_model`` before poisoning
+
+    def __init__(self, target: int = 0):
+        if target < 0:
+            raise PurifyError(f"target={target} must be a class index >= 0")
+        self.target = target
+
+    def params(self) -> dict:
+        """Everything that identifies this attack's poisons, for the victim cache key."""
+        return {"name": self.name, "target": self.target}
+
+    def apply(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def poison_count(self, labels: torch.Tensor, rate: float) -> int:
+        """How many training images ``rate`` poisons; errors if the rate cannot be met."""
+        if not 0 < rate <= 1:
+            raise PurifyError(f"poison_rate={rate} is outside (0, 1]")
+        count = round(rate * len(labels))
+        pool = int((labels == self.target).sum()) if self.clean_label else int((labels != self.target).sum())
+        if count == 0:
+            raise PurifyError(f"poison_rate={rate} poisons no image of {len(labels)}; use a rate of at least {1 / len(labels):.2g}")
+        if count > pool:
+            kind = "the target class holds" if self.clean_label else "there are non-target images:"
+            raise PurifyError(f"poison_rate={rate} asks for {count} poisons but {kind} {pool} ({self.name})")
+        return count
+
+    def choose(self, labels: torch.Tensor, rate: float, seed: int) -> torch.Tensor:
+        """Seeded choice of the indices to poison: target-class images for clean-label attacks, others otherwise."""
+        count = self.poison_count(labels, rate)
+        pool = torch.nonzero((labels == self.target) if self.clean_label else (labels != self.target)).squeeze(1)
+        generator = torch.Generator().manual_seed(seed)
+        return pool[torch.randperm(len(pool), generator=generator)[:count]].sort().values
+
+    def poison(self, train: ImageSet, rate: float, seed: int = 0) -> Poisoned:
+        index = self.choose(train.labels, rate, seed)
+        images, labels = train.images.clone(), train.labels.clone()
+        images[index] = self.poison_images(images[index])
+        if not self.clean_label:
+            labels[index] = self.target
+        return Poisoned(ImageSet(images, labels, train.indices), index)
+
+    def poison_images(self, images: torch.Tensor) -> torch.Tensor:
+        """What a training poison looks like; the test trigger unless an attack differs (LC)."""
+        return self.apply(images)
+
+    def poison_batch(self, images: torch.Tensor, labels: torch.Tensor, rate: float):
+        raise NotImplementedError(f"{self.name} is not training-controlled")
+
+
+def find_trigger(filename: str, explicit: str | os.PathLike | None) -> Path | None:
+    """The trigger file to use: ``explicit`` (must exist), else the standard file in
+    ``$PURIFY_TRIGGERS`` or beside a development checkout; ``None`` means use the generated default."""
+    if explicit is not None:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise PurifyError(f"trigger file {str(path)!r} does not exist")
+        return path
+    for folder in (os.environ.get(TRIGGER_ENV), PROJECT_ROOT.parent / "shared" / "data" / "triggers"):
+        if folder and (Path(folder) / filename).is_file():
+            return Path(folder) / filename
+    return None
+
+
+def load_pattern(path: Path, size: int = 32) -> np.ndarray:
+    """A trigger file as a uint8 ``(3, size, size)`` array (images resized, .npy taken as HWC)."""
+    if path.suffix == ".npy":
+        array = np.load(path, allow_pickle=False)
+    else:
+        from PIL import Image
+
+        array = np.asarray(Image.open(path).convert("RGB").resize((size, size), Image.BILINEAR))
+    if array.shape[:2] != (size, size):
+        raise PurifyError(f"trigger {str(path)!r} has shape {array.shape}; expected ({size}, {size}, 3)")
+    return np.ascontiguousarray(array.astype(np.uint8).transpose(2, 0, 1))
+
+
+def pattern_digest(pattern: torch.Tensor) -> str:
+    return hashlib.sha256(pattern.contiguous().numpy().tobytes()).hexdigest()[:12]

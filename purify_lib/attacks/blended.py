@@ -1,0 +1,37 @@
+"""Blended (Chen et al., 2017): ``x' = (1 - alpha) x + alpha t`` with a whole-image trigger t."""
+from __future__ import annotations
+
+import torch
+
+from .base import Attack, find_trigger, load_pattern, pattern_digest
+
+
+class Blended(Attack):
+    """Blend the Hello Kitty image (BackdoorBench's) at ``alpha`` = 0.2, for training and test.
+
+    Without the file, a seeded uniform-noise image stands in (the original paper also
+    used random noise patterns).
+    """
+
+    name = "blended"
+
+    def __init__(self, target: int = 0, alpha: float = 0.2, trigger_path=None):
+        super().__init__(target)
+        if not 0 < alpha <= 1:
+            from ..errors import PurifyError
+
+            raise PurifyError(f"alpha={alpha} is outside (0, 1]")
+        self.alpha = alpha
+        path = find_trigger("hello_kitty.jpeg", trigger_path)
+        if path:
+            self.pattern = torch.from_numpy(load_pattern(path))
+        else:
+            self.pattern = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+    def params(self) -> dict:
+        return {**super().params(), "alpha": self.alpha, "trigger": pattern_digest(self.pattern)}
+
+    def apply(self, images: torch.Tensor) -> torch.Tensor:
+        pattern = self.pattern.to(images.device).float()
+        blended = (1 - self.alpha) * images.float() + self.alpha * pattern
+        return blended.round().clamp(0, 255).to(torch.uint8)

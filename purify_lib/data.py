@@ -1,0 +1,296 @@
+"""Datasets as uint8 tensors in memory, deterministic splits, batched on-device augmentation.
+
+Images are held as ``uint8`` tensors of shape ``(N, C, H, W)``; models take floats in
+``[0, 1]`` and normalise inside (see ``models.py``), so attacks and defenses all work in
+pixel space.
+
+Where the data comes from, in order:
+
+1. an explicit ``root`` argument;
+2. the ``PURIFY_DATA`` environment variable;
+3. the offline stand-in beside a development checkout (``../shared/data/<name>-jpeg.zip``);
+4. torchvision's download into the cache directory.
+
+``root`` may be an ImageFolder tree (``train/<class>/*``, ``test/<class>/*``), a zip of
+one, or a folder that torchvision's own dataset class reads.  Whatever the source, the
+decoded tensors are cached once under ``cache_dir()/data``, keyed by the source.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import PurifyError
+from .io import atomic_path
+
+DATA_ENV = "PURIFY_DATA"
+CACHE_ENV = "PURIFY_CACHE"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+# torchvision class name, number of classes, and the keyword that picks the split.
+DATASETS = {
+    "cifar10": ("CIFAR10", 10),
+    "cifar100": ("CIFAR100", 100),
+    "gtsrb": ("GTSRB", 43),
+}
+
+
+class DataNotFound(PurifyError):
+    """No copy of a dataset could be found or downloaded."""
+
+
+def cache_dir() -> Path:
+    """Root of everything this project caches (decoded data, the victim zoo)."""
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "purify"))
+
+
+@dataclass
+class ImageSet:
+    """uint8 images ``(N, C, H, W)`` with int64 labels, plus where they came from."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor | None = None  # positions in the parent set, when a subset
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index) -> "ImageSet":
+        index = torch.as_tensor(index, dtype=torch.long)
+        parent = self.indices if self.indices is not None else torch.arange(len(self))
+        return ImageSet(self.images[index], self.labels[index], parent[index])
+
+    def to(self, device) -> "ImageSet":
+        return ImageSet(self.images.to(device), self.labels.to(device), self.indices)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.labels.max()) + 1
+
+
+@dataclass
+class Dataset:
+    name: str
+    source: str  # what the data was decoded from; part of every victim's cache key
+    train: ImageSet
+    test: ImageSet
+    num_classes: int
+
+
+def check_dataset_name(name: str) -> None:
+    if name not in DATASETS:
+        raise PurifyError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
+
+
+def load_dataset(name: str = "cifar10", root: str | os.PathLike | None = None) -> Dataset:
+    """Load ``name`` as uint8 tensors, decoding once and caching the result."""
+    check_dataset_name(name)
+    source = _find_source(name, root)
+    tag = _source_tag(source)
+    cached = cache_dir() / "data" / f"{name}-{tag}.npz"
+    if not cached.exists():
+        arrays = _decode(name, source)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cached) as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, **arrays)
+    with np.load(cached, allow_pickle=False) as arrays:
+        train = ImageSet(torch.from_numpy(arrays["train_images"]), torch.from_numpy(arrays["train_labels"]).long())
+        test = ImageSet(torch.from_numpy(arrays["test_images"]), torch.from_numpy(arrays["test_labels"]).long())
+    return Dataset(name, f"{name}-{tag}", train, test, DATASETS[name][1])
+
+
+def _find_source(name: str, root) -> Path | str:
+    if root is not None:
+        path = Path(root).expanduser()
+        if not path.exists():
+            raise DataNotFound(f"dataset root {str(path)!r} does not exist; pass an ImageFolder tree, a zip of one, or a torchvision {name} folder")
+        return path
+    if os.environ.get(DATA_ENV):
+        path = Path(os.environ[DATA_ENV]).expanduser()
+        if not path.exists():
+            raise DataNotFound(f"{DATA_ENV}={str(path)!r} does not exist; point it at an ImageFolder tree, a zip of one, or a torchvision {name} folder")
+        return path
+    standin = PROJECT_ROOT.parent / "shared" / "data" / f"{name}-jpeg.zip"
+    if standin.exists():
+        return standin
+    return "torchvision-download"
+
+
+def _source_tag(source) -> str:
+    if source == "torchvision-download":
+        return "torchvision"
+    path = Path(source).resolve()
+    stat = path.stat()
+    digest = hashlib.sha256(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    return f"{path.stem}-{digest}"
+
+
+def _decode(name: str, source) -> dict[str, np.ndarray]:
+    if source == "torchvision-download":
+        return _from_torchvision(name, cache_dir() / "data" / "torchvision", download=True)
+    path = Path(source)
+    if path.is_file() and zipfile.is_zipfile(path):
+        return _from_imagefolder_zip(path)
+    if (path / "train").is_dir() and (path / "test").is_dir():
+        return _from_imagefolder_dir(path)
+    return _from_torchvision(name, path, download=False)
+
+
+def _from_torchvision(name: str, root: Path, download: bool) -> dict[str, np.ndarray]:
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, DATASETS[name][0])
+    try:
+        if name == "gtsrb":
+            sets = {split: cls(str(root), split=split, download=download) for split in ("train", "test")}
+        else:
+            sets = {split: cls(str(root), train=split == "train", download=download) for split in ("train", "test")}
+    except Exception as exc:  # no network, or not a torchvision folder
+        how = "download failed" if download else f"{str(root)!r} is not a torchvision {name} folder"
+        raise DataNotFound(
+            f"{name} not found ({how}: {type(exc).__name__}); either pass root= / set {DATA_ENV} to an "
+            f"ImageFolder tree or zip (train/<class>/*, test/<class>/*), or run where torchvision can download it"
+        ) from None
+    out = {}
+    for split, dataset in sets.items():
+        images, labels = [], []
+        for image, label in dataset:
+            images.append(_to_chw(np.asarray(image.convert("RGB").resize((32, 32)))))
+            labels.append(label)
+        out[f"{split}_images"] = np.stack(images)
+        out[f"{split}_labels"] = np.asarray(labels, dtype=np.int64)
+    return out
+
+
+def _to_chw(array: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+def _decode_entries(entries) -> dict[str, np.ndarray]:
+    """entries: iterable of (split, class_name, read_bytes) for every image file."""
+    from PIL import Image
+
+    grouped: dict[str, list] = {"train": [], "test": []}
+    for split, class_name, read in entries:
+        if split in grouped:
+            grouped[split].append((class_name, read))
+    out = {}
+    for split, items in grouped.items():
+        if not items:
+            raise DataNotFound(f"no {split}/<class>/ images found in the ImageFolder source")
+        classes = sorted({class_name for class_name, _ in items})
+        items.sort(key=lambda item: item[0])
+        images = [_to_chw(np.asarray(Image.open(io.BytesIO(read())).convert("RGB"))) for _, read in items]
+        out[f"{split}_images"] = np.stack(images)
+        out[f"{split}_labels"] = np.asarray([classes.index(class_name) for class_name, _ in items], dtype=np.int64)
+    return out
+
+
+def _from_imagefolder_zip(path: Path) -> dict[str, np.ndarray]:
+    with zipfile.ZipFile(path) as archive:
+        names = sorted(n for n in archive.namelist() if not n.endswith("/") and n.count("/") >= 2)
+        entries = [(n.split("/")[-3], n.split("/")[-2], lambda n=n: archive.read(n)) for n in names]
+        return _decode_entries(entries)
+
+
+def _from_imagefolder_dir(path: Path) -> dict[str, np.ndarray]:
+    files = sorted(p for p in path.glob("*/*/*") if p.is_file())
+    return _decode_entries((p.parts[-3], p.parts[-2], p.read_bytes) for p in files)
+
+
+@dataclass
+class Splits:
+    """The attack-training set, the clean set reserved for defenses, and the test set."""
+
+    train: ImageSet
+    reserve: ImageSet
+    test: ImageSet
+    num_classes: int
+
+
+def make_splits(
+    dataset: Dataset,
+    seed: int = 0,
+    reserve_fraction: float = 0.05,
+    train_size: int | None = None,
+    test_size: int | None = None,
+    balanced: bool = True,
+) -> Splits:
+    """Disjoint, seeded splits of ``dataset``.
+
+    The reserve is ``reserve_fraction`` of the full training set (class-balanced when
+    ``balanced``); the attack-training set is drawn from what is left, ``train_size``
+    images of it when given; ``test_size`` subsamples the test set (class-balanced).
+    """
+    if not 0 <= reserve_fraction < 1:
+        raise PurifyError(f"reserve_fraction={reserve_fraction} must be in [0, 1)")
+    generator = torch.Generator().manual_seed(seed)
+    full = dataset.train
+    reserve_count = round(reserve_fraction * len(full))
+    if balanced:
+        reserve_index = _balanced_choice(full.labels, reserve_count, dataset.num_classes, generator)
+    else:
+        reserve_index = torch.randperm(len(full), generator=generator)[:reserve_count]
+    is_reserved = torch.zeros(len(full), dtype=torch.bool)
+    is_reserved[reserve_index] = True
+    rest = torch.nonzero(~is_reserved).squeeze(1)
+    rest = rest[torch.randperm(len(rest), generator=generator)]
+    if train_size is not None:
+        if train_size > len(rest):
+            raise PurifyError(f"train_size={train_size} exceeds the {len(rest)} training images left after the reserve")
+        rest = rest[:train_size]
+    test = dataset.test
+    if test_size is not None and test_size < len(test):
+        test = test.subset(_balanced_choice(test.labels, test_size, dataset.num_classes, generator))
+    return Splits(full.subset(rest.sort().values), full.subset(reserve_index.sort().values), test, dataset.num_classes)
+
+
+def _balanced_choice(labels: torch.Tensor, count: int, num_classes: int, generator) -> torch.Tensor:
+    """``count`` indices spread as evenly as possible over the classes."""
+    per_class = [count // num_classes + (1 if c < count % num_classes else 0) for c in range(num_classes)]
+    chosen = []
+    for c, k in enumerate(per_class):
+        members = torch.nonzero(labels == c).squeeze(1)
+        if k > len(members):
+            raise PurifyError(f"class {c} has {len(members)} images; {k} were asked for")
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:k]])
+    return torch.cat(chosen)
+
+
+def balanced_subset(images: ImageSet, count: int, num_classes: int, seed: int = 0) -> ImageSet:
+    """A seeded, class-balanced subset of ``count`` images (used for defense data)."""
+    return images.subset(_balanced_choice(images.labels, count, num_classes, torch.Generator().manual_seed(seed)))
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    return images.float().div_(255) if images.dtype == torch.uint8 else images
+
+
+def augment(images: torch.Tensor, padding: int = 4, flip: bool = True, generator=None) -> torch.Tensor:
+    """Random crop with zero padding and horizontal flip, done for a whole batch at once.
+
+    Equivalent to torchvision's RandomCrop(32, padding) + RandomHorizontalFlip per sample,
+    without the per-sample Python overhead: one advanced-indexing gather on the device.
+    """
+    n, _, height, width = images.shape
+    device = images.device
+    if padding:
+        padded = torch.nn.functional.pad(images, (padding,) * 4)
+        top = torch.randint(0, 2 * padding + 1, (n,), device=device, generator=generator)
+        left = torch.randint(0, 2 * padding + 1, (n,), device=device, generator=generator)
+        rows = (top[:, None] + torch.arange(height, device=device))[:, :, None]
+        cols = (left[:, None] + torch.arange(width, device=device))[:, None, :]
+        batch = torch.arange(n, device=device)[:, None, None]
+        images = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+    if flip:
+        flipped = torch.rand(n, device=device, generator=generator) < 0.5
+        images = torch.where(flipped[:, None, None, None], images.flip(3), images)
+    return images

@@ -1,0 +1,60 @@
+"""Clean accuracy (ACC), attack success rate (ASR), robust accuracy (RA) and DER, in one place."""
+from __future__ import annotations
+
+import torch
+
+from .data import ImageSet, to_float
+
+
+def pick_device(device=None) -> torch.device:
+    """``device`` as given, else CUDA when present, else the CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@torch.no_grad()
+def predict(model, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Predicted labels for uint8 images, on the model's device, returned on the CPU."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    preds = []
+    for start in range(0, len(images), batch_size):
+        batch = to_float(images[start : start + batch_size].to(device)).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, enabled=device.type == "cuda"):
+            preds.append(model(batch).argmax(1).cpu())
+    model.train(was_training)
+    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+
+
+def triggered_test_set(test: ImageSet, attack) -> ImageSet:
+    """Triggered copies of the test images whose true label is not the target, with their TRUE labels.
+
+    ASR is measured on this set against the target label; RA against the true labels.
+    """
+    keep = torch.nonzero(test.labels != attack.target).squeeze(1)
+    others = test.subset(keep)
+    return ImageSet(attack.apply(others.images), others.labels, others.indices)
+
+
+def evaluate(model, test: ImageSet, attack=None, triggered: ImageSet | None = None) -> dict[str, float]:
+    """ACC on ``test``; with an attack, ASR and RA (percent) on its triggered non-target images.
+
+    Pass ``triggered`` (from ``triggered_test_set``) to avoid re-applying the trigger on every call.
+    """
+    result = {"acc": 100 * (predict(model, test.images) == test.labels).float().mean().item()}
+    if attack is not None or triggered is not None:
+        triggered = triggered if triggered is not None else triggered_test_set(test, attack)
+        target = attack.target if attack is not None else 0
+        preds = predict(model, triggered.images)
+        result["asr"] = 100 * (preds == target).float().mean().item()
+        result["ra"] = 100 * (preds == triggered.labels).float().mean().item()
+    return result
+
+
+def der(before: dict, after: dict) -> float:
+    """Defense effectiveness rating: ``(max(0, dASR) - max(0, dACC) + 1) / 2`` with drops as fractions."""
+    asr_drop = (before["asr"] - after["asr"]) / 100
+    acc_drop = (before["acc"] - after["acc"]) / 100
+    return (max(0.0, asr_drop) - max(0.0, acc_drop) + 1) / 2

@@ -1,0 +1,119 @@
+"""PreAct-ResNet18 (width as a parameter) and VGG19-BN, each split into ``features`` and ``head``.
+
+Every model takes float images in [0, 1] and normalises them itself, so attacks and
+defenses work in pixel space.  ``model.features(x)`` gives the penultimate features,
+``model.head`` is the final ``nn.Linear``, and ``model(x) == model.head(model.features(x))``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import PurifyError, choose
+
+MEANS = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409), "gtsrb": (0.3403, 0.3121, 0.3214)}
+STDS = {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2673, 0.2564, 0.2762), "gtsrb": (0.2724, 0.2608, 0.2669)}
+HEAD_NAMES = ("head", "linear", "fc", "classifier")
+
+
+class Normalize(nn.Module):
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+class PreActBlock(nn.Module):
+    def __init__(self, in_planes, planes, stride=1):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.shortcut = None
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride, bias=False)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + shortcut
+
+
+class PreActResNet18(nn.Module):
+    """PreAct-ResNet18 as in BackdoorBench; ``width`` is the first stage's channels (64 in the papers)."""
+
+    def __init__(self, num_classes=10, width=64, dataset="cifar10"):
+        super().__init__()
+        self.normalize = Normalize(MEANS[dataset], STDS[dataset])
+        self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+        layers, in_planes = [], width
+        for stage, stride in enumerate((1, 2, 2, 2)):
+            planes = width * 2**stage
+            layers.append(nn.Sequential(PreActBlock(in_planes, planes, stride), PreActBlock(planes, planes, 1)))
+            in_planes = planes
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.bn = nn.BatchNorm2d(in_planes)
+        self.head = nn.Linear(in_planes, num_classes)
+
+    def features(self, x):
+        out = self.conv1(self.normalize(x))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        out = F.relu(self.bn(out))
+        return F.adaptive_avg_pool2d(out, 1).flatten(1)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
+
+
+class VGG19BN(nn.Module):
+    """VGG19 with batch norm for 32x32 inputs; channel counts scaled by ``width / 64``."""
+
+    def __init__(self, num_classes=10, width=64, dataset="cifar10"):
+        super().__init__()
+        self.normalize = Normalize(MEANS[dataset], STDS[dataset])
+        layers, in_channels = [], 3
+        for item in VGG19_CFG:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                out_channels = item * width // 64
+                layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+                in_channels = out_channels
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(in_channels, num_classes)
+
+    def features(self, x):
+        return self.body(self.normalize(x)).flatten(1)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+MODELS = {"preactresnet18": PreActResNet18, "vgg19bn": VGG19BN}
+
+
+def make_model(name: str, num_classes: int = 10, width: int = 64, dataset: str = "cifar10") -> nn.Module:
+    cls = MODELS[choose("model", name, MODELS)]
+    if width < 1:
+        raise PurifyError(f"width={width} must be a positive number of channels")
+    choose("dataset", dataset, MEANS)
+    return cls(num_classes=num_classes, width=width, dataset=dataset)
+
+
+def get_head(model: nn.Module) -> tuple[str, nn.Linear]:
+    """The final linear classifier of ``model``; errors naming the attributes it looked for."""
+    for name in HEAD_NAMES:
+        module = getattr(model, name, None)
+        if isinstance(module, nn.Linear):
+            return name, module
+    raise PurifyError(f"{type(model).__name__} has no linear head; looked for attributes {', '.join(HEAD_NAMES)}")

@@ -1,0 +1,51 @@
+"""Named parameter sets used by every notebook, script and test.
+
+- ``smoke``: the whole notebook suite in a few minutes on 2 CPU cores (CI).
+- ``cpu``: the default without a GPU; all figures regenerate in well under an hour here.
+- ``paper``: the papers' settings (width 64, all data, BackdoorBench's 100-epoch recipe).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+import torch
+
+from .errors import PurifyError, choose
+from .train import Recipe
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    width: int  # PreAct-ResNet18 first-stage channels
+    train_size: int | None  # attack-training images (None: all that the reserve leaves)
+    test_size: int | None  # test images (None: all)
+    recipe: Recipe = field(default_factory=Recipe)
+    reserve_fraction: float = 0.05  # of the full training set, kept clean for defenses
+    model: str = "preactresnet18"
+    dataset: str = "cifar10"
+
+
+PROFILES = {
+    "smoke": Profile("smoke", width=8, train_size=2000, test_size=500,
+                     recipe=Recipe(epochs=3, batch_size=128, lr=0.05, schedule="onecycle")),
+    "cpu": Profile("cpu", width=16, train_size=20000, test_size=2000,
+                   recipe=Recipe(epochs=10, batch_size=128, lr=0.1, schedule="onecycle")),
+    "paper": Profile("paper", width=64, train_size=None, test_size=None, recipe=Recipe()),
+}
+
+
+def default_profile_name() -> str:
+    return "paper" if torch.cuda.is_available() else "cpu"
+
+
+def get_profile(name: str | Profile | None = None, **overrides) -> Profile:
+    """A profile by name (default: ``paper`` with a GPU, else ``cpu``), with fields overridden."""
+    if isinstance(name, Profile):
+        profile = name
+    else:
+        profile = PROFILES[choose("profile", name or default_profile_name(), PROFILES)]
+    unknown = set(overrides) - {f.name for f in fields(Profile)}
+    if unknown:
+        raise PurifyError(f"unknown profile setting(s) {', '.join(sorted(unknown))}; allowed: {', '.join(f.name for f in fields(Profile))}")
+    return replace(profile, **overrides) if overrides else profile

@@ -1,0 +1,92 @@
+"""Fast victim training: data held on the device, batched augmentation, channels_last, autocast on CUDA."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .data import ImageSet, augment, to_float
+from .errors import PurifyError, choose
+
+SCHEDULES = ("cosine", "onecycle", "constant")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a victim is trained.  Defaults are BackdoorBench's (DESIGN.md)."""
+
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    augment: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        choose("schedule", self.schedule, SCHEDULES)
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise PurifyError(f"recipe needs epochs >= 1, batch_size >= 1 and lr > 0; got {self.epochs}, {self.batch_size}, {self.lr}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def make_scheduler(optimizer, schedule: str, lr: float, total_steps: int):
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(total_steps, 1))
+    if schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(total_steps, 1))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+def batches(count: int, batch_size: int, device, generator: torch.Generator, drop_last: bool = False):
+    """Shuffled index batches for one epoch; the permutation comes from a CPU generator so runs repeat."""
+    order = torch.randperm(count, generator=generator).to(device)
+    stop = count - count % batch_size if drop_last and count >= batch_size else count
+    for start in range(0, stop, batch_size):
+        yield order[start : start + batch_size]
+
+
+def train_model(model, data: ImageSet, recipe: Recipe, attack=None, poison_rate: float = 0.0,
+                progress: bool = True, on_epoch=None):
+    """Train ``model`` (already on its device) on uint8 ``data`` with ``recipe``.
+
+    A training-controlled ``attack`` poisons every batch at ``poison_rate``; other attacks
+    arrive already baked into ``data``.  ``on_epoch(epoch, model)`` is called after each epoch.
+    """
+    device = next(model.parameters()).device
+    torch.manual_seed(recipe.seed)
+    generator = torch.Generator().manual_seed(recipe.seed)
+    images, labels = data.images.to(device), data.labels.to(device)
+    model.to(memory_format=torch.channels_last).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    steps_per_epoch = math.ceil(len(labels) / recipe.batch_size)
+    scheduler = make_scheduler(optimizer, recipe.schedule, recipe.lr, recipe.epochs * steps_per_epoch)
+    scaler = torch.amp.GradScaler(enabled=device.type == "cuda")
+    bar = tqdm(total=recipe.epochs * steps_per_epoch, disable=not progress, desc="train", unit="batch", leave=False)
+    for epoch in range(recipe.epochs):
+        for index in batches(len(labels), recipe.batch_size, device, generator):
+            x, y = to_float(images[index]), labels[index]
+            if recipe.augment:
+                x = augment(x)
+            if attack is not None and attack.training_controlled:
+                x, y = attack.poison_batch(x, y, poison_rate)
+            x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, enabled=device.type == "cuda"):
+                loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            bar.update()
+            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", refresh=False)
+        if on_epoch is not None:
+            on_epoch(epoch, model)
+    bar.close()
+    return model.eval()

@@ -1,0 +1,184 @@
+"""The victim zoo: backdoored models cached by a hash of everything that made them.
+
+Every notebook asks the zoo for its victims, so a victim is trained once per machine
+(or once per cluster, when ``PURIFY_ZOO`` points at a shared filesystem).  Each entry
+is ``<name>.pt`` (a state dict, loaded with ``weights_only=True``) and ``<name>.json``
+(the configuration, ACC/ASR/RA, training time, versions and the checkpoint's SHA-256).
+The JSON is written last and is what makes an entry exist; a checkpoint whose hash does
+not match its record is reported and rebuilt.  A file lock makes concurrent requests
+for one victim train it once.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+
+from .attacks import Attack, make_attack
+from .data import ImageSet, Splits, cache_dir, load_dataset, make_splits
+from .errors import PurifyError
+from .io import atomic_path, sha256_file
+from .metrics import evaluate, pick_device, triggered_test_set
+from .models import make_model
+from .profiles import Profile, get_profile
+from .train import train_model
+
+ZOO_ENV = "PURIFY_ZOO"
+ZOO_FORMAT = 1
+MIN_ASR = 50.0  # below this a "victim" has not learned its backdoor and is flagged
+
+
+def zoo_dir() -> Path:
+    return Path(os.environ.get(ZOO_ENV, cache_dir() / "zoo"))
+
+
+@dataclass
+class Victim:
+    model: torch.nn.Module
+    attack: Attack | None
+    poison_rate: float
+    splits: Splits
+    record: dict
+    path: Path
+    cache_hit: bool
+
+    @property
+    def metrics(self) -> dict:
+        return self.record["metrics"]
+
+    @property
+    def backdoored(self) -> bool:
+        return self.record["backdoored"]
+
+    @property
+    def poisoned_indices(self) -> torch.Tensor:
+        return torch.tensor(self.record["poisoned_indices"], dtype=torch.long)
+
+    def triggered_test(self) -> ImageSet:
+        return triggered_test_set(self.splits.test, self.attack)
+
+    def poisoned_train(self) -> ImageSet:
+        """The poisoned training set as the victim saw it (recomputed: poisoning is seeded)."""
+        if self.attack is None:
+            return self.splits.train
+        return self.attack.poison(self.splits.train, self.poison_rate, seed=self.record["config"]["split_seed"]).data
+
+
+def victim_config(profile: Profile, attack: Attack | None, poison_rate: float, data_source: str, split_seed: int) -> dict:
+    return {
+        "format": ZOO_FORMAT,
+        "data": data_source,
+        "split_seed": split_seed,
+        "reserve_fraction": profile.reserve_fraction,
+        "train_size": profile.train_size,
+        "test_size": profile.test_size,
+        "attack": attack.params() if attack else None,
+        "poison_rate": poison_rate if attack else 0.0,
+        "model": profile.model,
+        "width": profile.width,
+        "recipe": profile.recipe.as_dict(),
+    }
+
+
+def config_key(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def get_victim(attack: str | None = "badnets", poison_rate: float = 0.1, profile: str | Profile | None = None, *,
+               attack_params: dict | None = None, split_seed: int = 0, device=None, data_root=None,
+               zoo: str | os.PathLike | None = None, progress: bool = True, **profile_overrides) -> Victim:
+    """The victim for this attack, rate and profile: from the zoo, or trained and stored there.
+
+    ``attack=None`` gives a clean model.  Every input is checked before any training.
+    """
+    profile = get_profile(profile, **profile_overrides)
+    device = pick_device(device)
+    attack_obj = make_attack(attack, **(attack_params or {})) if attack is not None else None
+    dataset = load_dataset(profile.dataset, data_root)
+    splits = make_splits(dataset, split_seed, profile.reserve_fraction, profile.train_size, profile.test_size)
+    if attack_obj is not None:
+        if attack_obj.target >= dataset.num_classes:
+            raise PurifyError(f"target={attack_obj.target} is not a class of {dataset.name} (0..{dataset.num_classes - 1})")
+        attack_obj.poison_count(splits.train.labels, poison_rate)
+    model = make_model(profile.model, dataset.num_classes, profile.width, profile.dataset)
+
+    config = victim_config(profile, attack_obj, poison_rate, dataset.source, split_seed)
+    key = config_key(config)
+    label = f"{attack or 'clean'}-{poison_rate:g}-{profile.model}-w{profile.width}-{key}" if attack else f"clean-{profile.model}-w{profile.width}-{key}"
+    folder = Path(zoo) if zoo is not None else zoo_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    weights, record_path = folder / f"{label}.pt", folder / f"{label}.json"
+
+    with FileLock(str(folder / f"{label}.lock")):
+        record = _load(model, weights, record_path)
+        hit = record is not None
+        if not hit:
+            if attack_obj is not None and attack_obj.needs_clean_model:
+                attack_obj.clean_model = get_victim(None, 0.0, profile, split_seed=split_seed, device=device,
+                                                    data_root=data_root, zoo=folder, progress=progress).model
+            record = _build(model, attack_obj, poison_rate, splits, profile, config, device, progress, weights, record_path)
+    model.to(device).eval()
+    victim = Victim(model, attack_obj, poison_rate, splits, record, weights, hit)
+    if attack_obj is not None and not victim.backdoored:
+        warnings.warn(f"victim {label} has ASR {victim.metrics['asr']:.1f}% < {MIN_ASR}%: the backdoor was not learned; "
+                      "purifying it shows nothing", stacklevel=2)
+    return victim
+
+
+def _load(model, weights: Path, record_path: Path) -> dict | None:
+    if not record_path.exists():
+        return None
+    try:
+        record = json.loads(record_path.read_text())
+        if not weights.exists():
+            raise OSError("checkpoint missing")
+        if sha256_file(weights) != record["sha256"]:
+            raise OSError("checkpoint hash differs from its record")
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        return record
+    except Exception as exc:  # truncated, corrupted or tampered: rebuild rather than trust it
+        warnings.warn(f"zoo entry {weights.name} is unusable ({exc}); rebuilding it", stacklevel=3)
+        return None
+
+
+def _build(model, attack, poison_rate, splits, profile, config, device, progress, weights, record_path) -> dict:
+    started = time.perf_counter()
+    poisoned_indices = []
+    train_set = splits.train
+    if attack is not None and not attack.training_controlled:
+        poisoned = attack.poison(splits.train, poison_rate, seed=config["split_seed"])
+        train_set, poisoned_indices = poisoned.data, poisoned.poisoned.tolist()
+    model.to(device)
+    train_model(model, train_set, profile.recipe, attack, poison_rate, progress=progress)
+    seconds = time.perf_counter() - started
+    metrics = evaluate(model, splits.test, attack)
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    with atomic_path(weights) as tmp:
+        torch.save(state, tmp)
+        digest = sha256_file(tmp)
+    record = {
+        "config": config,
+        "key": config_key(config),
+        "profile": profile.name,
+        "metrics": metrics,
+        "backdoored": attack is None or metrics["asr"] >= MIN_ASR,
+        "poisoned_indices": poisoned_indices,
+        "train_seconds": round(seconds, 1),
+        "train_images": len(train_set),
+        "device": str(device),
+        "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform()},
+        "sha256": digest,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    with atomic_path(record_path) as tmp:
+        tmp.write_text(json.dumps(record, indent=1))
+    return record

@@ -1,0 +1,91 @@
+"""Benchmark: our victim-training loop against a BackdoorBench-style one, in one run.
+
+Both train the same PreAct-ResNet18 (same initial weights, SGD lr 0.01, batch 128) on the
+same CIFAR-10 images with RandomCrop(32, pad 4) + flip.  Ours holds uint8 tensors on the
+device and augments whole batches there; the baseline is what BackdoorBench does: a
+torchvision Dataset of PIL images, per-sample transforms, a DataLoader.  Prints images/s
+for both and their ratio, per width.  Timings on a shared 2-core machine are noisy: read
+the ratio, which both loops share the noise of.
+
+    python scripts/bench_victim.py --widths 16 64 --images 2048 512
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision.transforms import v2
+
+from purify_lib.cli import run_cli
+from purify_lib.data import load_dataset
+from purify_lib.metrics import pick_device
+from purify_lib.models import make_model
+from purify_lib.train import Recipe, train_model
+
+
+class PILDataset(torch.utils.data.Dataset):
+    """BackdoorBench keeps PIL images and transforms each sample in the worker."""
+
+    def __init__(self, images, labels, transform):
+        self.images = [Image.fromarray(image.permute(1, 2, 0).numpy()) for image in images]
+        self.labels = labels.tolist()
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        return self.transform(self.images[index]), self.labels[index]
+
+
+def baseline_epoch(model, images, labels, device, workers: int) -> float:
+    # No Normalize here: our models normalise internally, so both loops compute the same thing.
+    transform = v2.Compose([v2.PILToTensor(), v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True)])
+    loader = torch.utils.data.DataLoader(PILDataset(images, labels, transform), batch_size=128, shuffle=True,
+                                         num_workers=workers, persistent_workers=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    model.train()
+    started = time.perf_counter()
+    for x, y in loader:
+        loss = F.cross_entropy(model(x.to(device)), y.to(device))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return len(labels) / (time.perf_counter() - started)
+
+
+def ours_epoch(model, data, device) -> float:
+    started = time.perf_counter()
+    train_model(model, data, Recipe(epochs=1, lr=0.01, schedule="constant"), progress=False)
+    return len(data) / (time.perf_counter() - started)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="our training loop vs a BackdoorBench-style loop")
+    parser.add_argument("--widths", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--images", type=int, nargs="+", default=[2048, 512], help="images per timed epoch, one per width")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for the baseline")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    device = pick_device(args.device)
+    dataset = load_dataset("cifar10")
+    print(f"device {device}, torch threads {torch.get_num_threads()}, baseline DataLoader workers {args.workers}")
+    print("| width | images | ours img/s | BackdoorBench-style img/s | ratio |\n|---|---|---|---|---|")
+    for width, count in zip(args.widths, args.images * len(args.widths)):
+        subset = dataset.train.subset(torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(0))[:count])
+        torch.manual_seed(0)
+        reference = make_model("preactresnet18", 10, width).to(device)
+        warm = subset.subset(torch.arange(min(256, count)))
+        ours_epoch(copy.deepcopy(reference), warm, device)  # first-call costs (allocator, kernels) for both
+        ours = ours_epoch(copy.deepcopy(reference), subset, device)
+        base = baseline_epoch(copy.deepcopy(reference), subset.images, subset.labels, device, args.workers)
+        print(f"| {width} | {count} | {ours:.0f} | {base:.0f} | {ours / base:.2f}x |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,144 @@
+import numpy as np
+import pytest
+import torch
+
+from purify_lib.attacks import ATTACKS, make_attack
+from purify_lib.attacks.badnets import default_patch
+from purify_lib.data import ImageSet
+from purify_lib.errors import PurifyError
+from purify_lib.metrics import triggered_test_set
+from purify_lib.models import make_model
+
+STATIC = ["badnets", "blended", "sig", "lf", "wanet"]
+
+
+def test_badnets_patch_pixels(images):
+    attack = make_attack("badnets")
+    out = attack.apply(images.images)
+    assert (out[:, :, 29:32, 29:32] == 255).all()
+    assert torch.equal(out[:, :, :29, :], images.images[:, :, :29, :])
+    assert torch.equal(out[:, :, :, :29], images.images[:, :, :, :29])
+
+
+def test_badnets_generated_default_matches_trigger_file():
+    from purify_lib.attacks.base import find_trigger, load_pattern
+
+    path = find_trigger("trigger_image.png", None)
+    if path is None:
+        pytest.skip("BackdoorBench trigger file not available")
+    assert torch.equal(torch.from_numpy(load_pattern(path)) > 0, default_patch() > 0)
+
+
+def test_blended_is_convex_combination(images):
+    attack = make_attack("blended", alpha=0.2)
+    expected = (0.8 * images.images.float() + 0.2 * attack.pattern.float()).round()
+    assert torch.equal(attack.apply(images.images).float(), expected)
+
+
+def test_sig_adds_the_sinusoid_column_wise():
+    attack = make_attack("sig")
+    gray = torch.full((1, 3, 32, 32), 128, dtype=torch.uint8)
+    out = attack.apply(gray).float() - 128
+    columns = torch.arange(32).float()
+    expected = (40 * torch.sin(2 * torch.pi * columns * 6 / 32)).round()
+    assert torch.allclose(out[0, 0, 5], expected, atol=1)
+    assert (out[0, :, 0] == out[0, :, 17]).all()  # constant down each column
+
+
+def test_lf_adds_its_pattern_with_clipping():
+    attack = make_attack("lf")
+    zeros = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+    assert torch.equal(attack.apply(zeros)[0], attack.pattern)
+    full = torch.full((1, 3, 32, 32), 255, dtype=torch.uint8)
+    assert (attack.apply(full) == 255).all()
+
+
+@pytest.mark.parametrize("name", ["badnets", "blended", "lf", "wanet"])
+@pytest.mark.parametrize("rate", [0.05, 0.1, 0.5])
+def test_dirty_label_exact_count_and_labels(images, name, rate):
+    attack = make_attack(name)
+    result = attack.poison(images, rate, seed=1)
+    assert len(result.poisoned) == round(rate * len(images))
+    assert (result.data.labels[result.poisoned] == 0).all()
+    assert (images.labels[result.poisoned] != 0).all()  # every poison flips a label
+    untouched = torch.ones(len(images), dtype=torch.bool)
+    untouched[result.poisoned] = False
+    assert torch.equal(result.data.labels[untouched], images.labels[untouched])
+    assert torch.equal(result.data.images[untouched], images.images[untouched])
+    assert not torch.equal(result.data.images[result.poisoned], images.images[result.poisoned])
+
+
+def test_clean_label_sig_keeps_labels_and_poisons_target_only(images):
+    attack = make_attack("sig")
+    result = attack.poison(images, 0.05, seed=0)
+    assert len(result.poisoned) == 10
+    assert torch.equal(result.data.labels, images.labels)
+    assert (images.labels[result.poisoned] == 0).all()
+
+
+def test_lc_needs_clean_model_then_perturbs_within_eps(images):
+    attack = make_attack("lc", steps=2)
+    with pytest.raises(PurifyError, match="clean model"):
+        attack.poison(images, 0.05)
+    torch.manual_seed(0)
+    attack.clean_model = make_model("preactresnet18", 10, width=4)
+    result = attack.poison(images, 0.05, seed=0)
+    assert torch.equal(result.data.labels, images.labels)
+    changed = result.data.images[result.poisoned].int()
+    original = images.images[result.poisoned].int()
+    assert (changed[:, :, 29:, 29:] == 255).all()
+    body = (changed - original)[:, :, :29, :29].abs()
+    assert body.max() <= 16 + 1 and body.max() > 0
+
+
+def test_clean_label_rate_beyond_target_class_fails(images):
+    with pytest.raises(PurifyError, match="target class holds 20"):
+        make_attack("sig").poison(images, 0.2)
+
+
+@pytest.mark.parametrize("rate", [0.0, -0.1, 1.5])
+def test_rate_outside_unit_interval_fails(images, rate):
+    with pytest.raises(PurifyError, match=r"outside \(0, 1\]"):
+        make_attack("badnets").poison(images, rate)
+
+
+def test_poisoning_is_seeded(images):
+    attack = make_attack("badnets")
+    assert torch.equal(attack.poison(images, 0.1, seed=3).poisoned, attack.poison(images, 0.1, seed=3).poisoned)
+    assert not torch.equal(attack.poison(images, 0.1, seed=3).poisoned, attack.poison(images, 0.1, seed=4).poisoned)
+
+
+def test_wanet_identity_at_zero_strength(images):
+    attack = make_attack("wanet", strength=0.0)
+    assert torch.equal(attack.apply(images.images), images.images)
+    warped = make_attack("wanet").apply(images.images)
+    assert not torch.equal(warped, images.images)
+    assert (warped.int() - images.images.int()).abs().float().mean() < 60  # a warp, not noise
+
+
+def test_wanet_batch_poisoning_counts():
+    attack = make_attack("wanet")
+    x = torch.rand(128, 3, 32, 32)
+    y = torch.arange(128) % 10
+    out, labels = attack.poison_batch(x, y, 0.1)
+    assert (labels[:12] == 0).all() and torch.equal(labels[12:], y[12:])
+    assert not torch.equal(out[12:36], x[12:36])  # noise-mode samples, warped, labels kept
+    assert torch.equal(out[36:], x[36:])
+
+
+def test_triggered_test_set_excludes_target(images):
+    triggered = triggered_test_set(images, make_attack("badnets"))
+    assert len(triggered) == 180 and (triggered.labels != 0).all()
+
+
+def test_unknown_attack_and_missing_trigger_fail():
+    with pytest.raises(PurifyError, match="unknown attack 'nope'; allowed: badnets, blended"):
+        make_attack("nope")
+    with pytest.raises(PurifyError, match="does not exist"):
+        make_attack("blended", trigger_path="/no/such/file.png")
+    with pytest.raises(PurifyError, match="bad parameters for attack 'badnets'"):
+        make_attack("badnets", colour=3)
+
+
+def test_every_attack_is_registered():
+    assert set(STATIC) | {"lc"} == set(ATTACKS)

@@ -1,0 +1,103 @@
+import json
+import multiprocessing
+import warnings
+
+import pytest
+import torch
+
+from purify_lib.errors import PurifyError
+from purify_lib.zoo import get_victim
+
+# A victim small enough to train in seconds: the point here is the cache, not the backdoor.
+TINY = dict(profile="smoke", width=4, train_size=300, test_size=100, progress=False)
+
+
+def tiny_recipe():
+    from purify_lib.train import Recipe
+
+    return Recipe(epochs=1, batch_size=100, lr=0.05, schedule="onecycle")
+
+
+def test_second_request_is_a_cache_hit(isolated_cache):
+    first = get_victim("badnets", 0.1, recipe=tiny_recipe(), **TINY)
+    second = get_victim("badnets", 0.1, recipe=tiny_recipe(), **TINY)
+    assert not first.cache_hit and second.cache_hit
+    assert second.record == first.record
+    for (name, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items()):
+        assert torch.equal(a.cpu(), b.cpu()), name
+    record = json.loads(next(isolated_cache.glob("badnets-*.json")).read_text())
+    assert set(record["metrics"]) == {"acc", "asr", "ra"}
+    assert len(record["poisoned_indices"]) == 30
+    assert record["versions"]["torch"] == torch.__version__
+
+
+def test_different_config_is_a_different_entry(isolated_cache):
+    get_victim("badnets", 0.1, recipe=tiny_recipe(), **TINY)
+    other = get_victim("badnets", 0.2, recipe=tiny_recipe(), **TINY)
+    assert not other.cache_hit
+    assert len(list(isolated_cache.glob("*.json"))) == 2
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_corrupted_checkpoint_is_reported_and_rebuilt(isolated_cache, damage):
+    get_victim("blended", 0.1, recipe=tiny_recipe(), **TINY)
+    weights = next(isolated_cache.glob("blended-*.pt"))
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2] if damage == "truncate" else data[:-10] + bytes(10))
+    with pytest.warns(UserWarning, match="unusable.*rebuilding"):
+        rebuilt = get_victim("blended", 0.1, recipe=tiny_recipe(), **TINY)
+    assert not rebuilt.cache_hit
+    assert weights.read_bytes() != data[: len(data) // 2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        try:
+            assert get_victim("blended", 0.1, recipe=tiny_recipe(), **TINY).cache_hit
+        except UserWarning as warning:  # only the low-ASR flag may fire on a 1-epoch model
+            assert "backdoor was not learned" in str(warning)
+
+
+def test_low_asr_victim_is_flagged(isolated_cache, monkeypatch):
+    import purify_lib.zoo
+
+    monkeypatch.setattr(purify_lib.zoo, "MIN_ASR", 101.0)  # no ASR reaches it: every victim is flagged
+    with pytest.warns(UserWarning, match="backdoor was not learned"):
+        victim = get_victim("badnets", 0.1, recipe=tiny_recipe(), **TINY)
+    assert victim.backdoored is False and victim.record["backdoored"] is False
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(attack="nope"), "unknown attack 'nope'"),
+    (dict(attack="badnets", profile="huge"), "unknown profile 'huge'; allowed: cpu, paper, smoke"),
+    (dict(attack="badnets", model="resnet9000"), "unknown model 'resnet9000'"),
+    (dict(attack="badnets", poison_rate=1.5), r"poison_rate=1.5 is outside \(0, 1\]"),
+    (dict(attack="badnets", poison_rate=0.0), r"poison_rate=0.0 is outside \(0, 1\]"),
+    (dict(attack="sig", poison_rate=0.5), "asks for 150 poisons but the target class holds"),
+    (dict(attack="blended", attack_params={"trigger_path": "/no/kitty.jpeg"}), "trigger file '/no/kitty.jpeg' does not exist"),
+    (dict(attack="badnets", data_root="/no/data"), "dataset root '/no/data' does not exist"),
+])
+def test_bad_input_fails_before_training_and_writes_nothing(isolated_cache, kwargs, message):
+    args = {**TINY, "poison_rate": 0.1, **kwargs}
+    with pytest.raises(PurifyError, match=message):
+        get_victim(**args)
+    assert not isolated_cache.exists() or not any(isolated_cache.iterdir())
+
+
+def _request(zoo, queue):
+    import os
+
+    os.environ["PURIFY_ZOO"] = zoo
+    victim = get_victim("badnets", 0.1, recipe=tiny_recipe(), **TINY)
+    queue.put(victim.cache_hit)
+
+
+def test_concurrent_requests_train_once(isolated_cache):
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    workers = [context.Process(target=_request, args=(str(isolated_cache), queue)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=300)
+    hits = sorted(queue.get(timeout=5) for _ in workers)
+    assert hits == [False, True]
+    assert len(list(isolated_cache.glob("*.pt"))) == 1
