@@ -214,6 +214,15 @@ class Splits:
     reserve: ImageSet
     test: ImageSet
     num_classes: int
+    full_train_size: int  # the dataset's whole training set, which defense-data fractions refer to
+
+    def defense_data(self, fraction: float, seed: int = 0) -> ImageSet:
+        """A class-balanced share of the reserve: ``fraction`` of the *full* training set, as papers state it."""
+        count = round(fraction * self.full_train_size)
+        if not 0 < count <= len(self.reserve):
+            raise PurifyError(f"defense data fraction {fraction} means {count} images; the reserve holds {len(self.reserve)} "
+                              f"(reserve_fraction {len(self.reserve) / self.full_train_size:g})")
+        return balanced_subset(self.reserve, count, self.num_classes, seed)
 
 
 def make_splits(
@@ -250,7 +259,7 @@ def make_splits(
     test = dataset.test
     if test_size is not None and test_size < len(test):
         test = test.subset(_balanced_choice(test.labels, test_size, dataset.num_classes, generator))
-    return Splits(full.subset(rest.sort().values), full.subset(reserve_index.sort().values), test, dataset.num_classes)
+    return Splits(full.subset(rest.sort().values), full.subset(reserve_index.sort().values), test, dataset.num_classes, len(full))
 
 
 def _balanced_choice(labels: torch.Tensor, count: int, num_classes: int, generator) -> torch.Tensor:

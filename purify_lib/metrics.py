@@ -58,3 +58,14 @@ def der(before: dict, after: dict) -> float:
     asr_drop = (before["asr"] - after["asr"]) / 100
     acc_drop = (before["acc"] - after["acc"]) / 100
     return (max(0.0, asr_drop) - max(0.0, acc_drop) + 1) / 2
+
+
+class Evaluator:
+    """ACC/ASR/RA of any model on one test set, with the triggered set built once."""
+
+    def __init__(self, test: ImageSet, attack=None):
+        self.test, self.attack = test, attack
+        self.triggered = triggered_test_set(test, attack) if attack is not None else None
+
+    def __call__(self, model) -> dict[str, float]:
+        return evaluate(model, self.test, self.attack, self.triggered)

@@ -49,6 +49,11 @@ class PreActBlock(nn.Module):
 class PreActResNet18(nn.Module):
     """PreAct-ResNet18 as in BackdoorBench; ``width`` is the first stage's channels (64 in the papers)."""
 
+    # Where activation clipping (MM-BD, PAD) bounds channels: after the early stages.
+    clip_points = ("conv1", "layer1", "layer2")
+    # Feature maps whose attention NAD distils (BackdoorBench: layer3 and layer4).
+    attention_points = ("layer3", "layer4")
+
     def __init__(self, num_classes=10, width=64, dataset="cifar10"):
         super().__init__()
         self.normalize = Normalize(MEANS[dataset], STDS[dataset])
@@ -77,6 +82,9 @@ VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512,
 
 class VGG19BN(nn.Module):
     """VGG19 with batch norm for 32x32 inputs; channel counts scaled by ``width / 64``."""
+
+    clip_points = ("body.6", "body.13", "body.26")  # the first three max-pools
+    attention_points = ("body.39", "body.52")  # the last two
 
     def __init__(self, num_classes=10, width=64, dataset="cifar10"):
         super().__init__()

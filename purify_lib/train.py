@@ -24,7 +24,8 @@ class Recipe:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "cosine"
-    augment: bool = True
+    augment: bool = True  # random crop (zero padding ``crop_padding``) and horizontal flip
+    crop_padding: int = 4
     seed: int = 0
 
     def __post_init__(self):
@@ -36,7 +37,10 @@ class Recipe:
         return asdict(self)
 
 
-def make_scheduler(optimizer, schedule: str, lr: float, total_steps: int):
+def make_scheduler(optimizer, schedule, lr: float, total_steps: int):
+    """A per-step scheduler: a named schedule, or a callable ``step -> lr multiplier``."""
+    if callable(schedule):
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     if schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(total_steps, 1))
     if schedule == "onecycle":
@@ -73,7 +77,7 @@ def train_model(model, data: ImageSet, recipe: Recipe, attack=None, poison_rate:
         for index in batches(len(labels), recipe.batch_size, device, generator):
             x, y = to_float(images[index]), labels[index]
             if recipe.augment:
-                x = augment(x)
+                x = augment(x, padding=recipe.crop_padding)
             if attack is not None and attack.training_controlled:
                 x, y = attack.poison_batch(x, y, poison_rate)
             x = x.contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,132 @@
+"""What every defense shares: the result type, the tuning loop, and small model helpers.
+
+A defense is one function ``defense(model, data, evaluator=None, **params) -> Defended``.
+It works on its own copy of ``model`` (the zoo's victim is never changed), tunes on the
+uint8 ``data`` with ``tune`` below, and, when an ``evaluator`` is given, records ACC, ASR
+and RA after every epoch (row 0 is the model before the defense).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..data import ImageSet, augment, to_float
+from ..errors import PurifyError
+from ..train import batches, make_scheduler
+
+
+@dataclass
+class Defended:
+    """A purified model and what it took: parameters, wall time, per-epoch metrics, extras."""
+
+    model: torch.nn.Module
+    method: str
+    params: dict
+    seconds: float = 0.0
+    history: list[dict] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+
+def cross_entropy(model, x, y):
+    return F.cross_entropy(model(x), y)
+
+
+def tune(model, data: ImageSet, params, *, epochs: int, lr: float, batch_size: int = 128, momentum: float = 0.9,
+         weight_decay: float = 0.0, schedule: str = "cosine", optimizer: str = "sgd", loss_fn=cross_entropy,
+         after_step=None, step_fn=None, evaluator=None, augment_data: bool = True, frozen_eval=(),
+         steps: int | None = None, eval_every: int = 1, on_epoch=None, seed: int = 0, progress: bool = False, desc: str = "tune") -> list[dict]:
+    """Optimise ``params`` of ``model`` on ``data``; return per-epoch history.
+
+    ``loss_fn(model, x, y)`` gives the loss of a float batch; ``after_step(model)`` runs after
+    every optimiser step (projections, clamps); ``step_fn(model, x, y, optimizer)`` replaces the
+    plain backward-and-step (SAM); ``on_epoch(epoch, model)`` runs after each epoch.  Modules in ``frozen_eval`` stay in eval mode, so the
+    BatchNorm statistics of frozen parts do not drift.  ``steps`` fixes the number of
+    optimiser steps instead (NFT's code counts steps); an "epoch" is then one pass over the
+    data, and ``eval_every`` thins the evaluations.
+    """
+    device = next(model.parameters()).device
+    params = [p for p in params if p.requires_grad]
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    elif optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    else:
+        raise PurifyError(f"unknown optimizer {optimizer!r}; allowed: sgd, adam")
+    steps_per_epoch = math.ceil(len(data) / batch_size)
+    if steps is not None:
+        epochs = math.ceil(steps / steps_per_epoch)
+    total = steps if steps is not None else epochs * steps_per_epoch
+    scheduler = make_scheduler(opt, schedule, lr, total)
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    images, labels = data.images.to(device), data.labels.to(device)
+    history = [{"epoch": 0, **evaluator(model)}] if evaluator is not None else []
+    done = 0
+    bar = tqdm(total=total, disable=not progress, desc=desc, leave=False)
+    for epoch in range(1, epochs + 1):
+        model.train()
+        for module in frozen_eval:
+            module.eval()
+        losses = []
+        for index in batches(len(labels), batch_size, device, generator):
+            if done == total:
+                break
+            x, y = to_float(images[index]), labels[index]
+            if augment_data:
+                x = augment(x)
+            if step_fn is not None:
+                loss = step_fn(model, x, y, opt, loss_fn)
+            else:
+                loss = loss_fn(model, x, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            if after_step is not None:
+                with torch.no_grad():
+                    after_step(model)
+            scheduler.step()
+            losses.append(loss.item())
+            done += 1
+            bar.update()
+        row = {"epoch": epoch, "loss": sum(losses) / max(len(losses), 1)}
+        if evaluator is not None and (epoch % eval_every == 0 or epoch == epochs):
+            row.update(evaluator(model))
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(epoch, model)
+    bar.close()
+    return history
+
+
+def timed(fn):
+    """Run ``fn()`` and return (its result, wall seconds)."""
+    started = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - started
+
+
+def frozen_except(model, trainable) -> list[torch.nn.Parameter]:
+    """Freeze every parameter of ``model`` except those in ``trainable``; return the trainable ones."""
+    keep = {id(p) for p in trainable}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
+    return [p for p in model.parameters() if id(p) in keep]
+
+
+def reinit_linear(layer: torch.nn.Linear, seed: int = 0) -> None:
+    """PyTorch's default Linear init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias, seeded."""
+    bound = 1 / math.sqrt(layer.in_features)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for tensor in (layer.weight, layer.bias):
+            tensor.copy_(torch.empty(tensor.shape).uniform_(-bound, bound, generator=generator))
+
+
+def rescale_(tensor: torch.Tensor, norm: torch.Tensor | float) -> None:
+    """Rescale ``tensor`` in place onto the sphere of Frobenius norm ``norm``."""
+    tensor.mul_(norm / tensor.norm().clamp_min(1e-12))

@@ -1,0 +1,113 @@
+"""PAD and PAD-FT (Xu, Gu, Sakurai, "PAD-FT: A Lightweight Defense for Backdoor Attacks via Data
+Purification and Fine-Tuning").  No clean data: the defense works on the poisoned training set.
+
+1. Data purification: score every training sample by its symmetric cross-entropy under the
+   victim, ``SCE = alpha * CE + (1 - alpha) * RCE`` with ``RCE = -sum_k p_k log q_k`` and
+   ``log 0 := -4`` (so ``RCE = 4 (1 - p_y)``), and keep the ``n_c`` lowest per class.
+2. Activation clipping (MM-BD style, ``mmbd.learn_clipping``) learned on the kept samples.
+3. PAD-FT only: fine-tune the classifier head with ``beta * SCE + (1 - beta) * consistency``,
+   the consistency term being the squared distance between the predicted distributions of
+   two augmented views (flip, brightness, contrast).
+
+``pad`` stops after step 2, ``pad_ft`` does all three.  Pass ``poisoned`` (the zoo's poisoned
+indices) to have the report say how many kept samples were poisons.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..data import ImageSet
+from ..errors import PurifyError
+from ..metrics import predict
+from ..models import get_head
+from .base import Defended, frozen_except, timed, tune
+from .mmbd import learn_clipping
+
+
+def sce(logits: torch.Tensor, labels: torch.Tensor, alpha: float = 0.5, log_zero: float = -4.0) -> torch.Tensor:
+    """Per-sample symmetric cross-entropy ``alpha * CE + (1 - alpha) * RCE``."""
+    ce = F.cross_entropy(logits, labels, reduction="none")
+    p_true = F.softmax(logits, 1).gather(1, labels[:, None]).squeeze(1)
+    rce = -log_zero * (1 - p_true)
+    return alpha * ce + (1 - alpha) * rce
+
+
+@torch.no_grad()
+def sce_scores(model, data: ImageSet, alpha: float = 0.5, batch_size: int = 1000) -> torch.Tensor:
+    device = next(model.parameters()).device
+    model.eval()
+    scores = []
+    for start in range(0, len(data), batch_size):
+        x = data.images[start : start + batch_size].to(device).float() / 255
+        scores.append(sce(model(x), data.labels[start : start + batch_size].to(device), alpha).cpu())
+    return torch.cat(scores)
+
+
+def select_low_sce(model, data: ImageSet, n_c: int, alpha: float = 0.5) -> torch.Tensor:
+    """Indices of the ``n_c`` lowest-SCE samples of every class."""
+    scores = sce_scores(model, data, alpha)
+    chosen = []
+    for c in data.labels.unique():
+        members = torch.nonzero(data.labels == c).squeeze(1)
+        if len(members) < n_c:
+            raise PurifyError(f"class {int(c)} has {len(members)} samples; n_c={n_c} asks for more")
+        chosen.append(members[scores[members].argsort()[:n_c]])
+    return torch.cat(chosen).sort().values
+
+
+def _views(x: torch.Tensor) -> torch.Tensor:
+    """Random flip, brightness and contrast (factors in [0.8, 1.2]) per sample."""
+    n = len(x)
+    flip = torch.rand(n, device=x.device) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    brightness = torch.empty(n, 1, 1, 1, device=x.device).uniform_(0.8, 1.2)
+    contrast = torch.empty(n, 1, 1, 1, device=x.device).uniform_(0.8, 1.2)
+    mean = x.mean((1, 2, 3), keepdim=True)
+    return ((x * brightness - mean) * contrast + mean).clamp(0, 1)
+
+
+def _purify(model, data, evaluator, n_c, alpha, clip_epochs, poisoned, seed, progress):
+    if data.labels.unique().numel() < 2:
+        raise PurifyError("PAD needs a training set with at least two classes")
+    keep = select_low_sce(model, data, n_c, alpha)
+    extra = {"kept": len(keep)}
+    if poisoned is not None:
+        is_poison = torch.zeros(len(data), dtype=torch.bool)
+        is_poison[torch.as_tensor(poisoned, dtype=torch.long)] = True
+        extra["kept_poisoned"] = int(is_poison[keep].sum())
+    selected = data.subset(keep)
+    clipped, history, clip_extra = learn_clipping(model, selected, evaluator, epochs=clip_epochs, seed=seed, progress=progress, method="pad")
+    return clipped, selected, history, {**extra, **clip_extra}
+
+
+def pad(model, data, evaluator=None, *, n_c=250, alpha=0.5, clip_epochs=50, poisoned=None, seed=0, progress=False) -> Defended:
+    """PAD: SCE data purification, then activation clipping learned on the kept samples."""
+    params = dict(n_c=n_c, alpha=alpha, clip_epochs=clip_epochs, seed=seed)
+    (clipped, _, history, extra), seconds = timed(lambda: _purify(model, data, evaluator, n_c, alpha, clip_epochs, poisoned, seed, progress))
+    return Defended(clipped, "pad", params, seconds, history, extra)
+
+
+def pad_ft(model, data, evaluator=None, *, n_c=250, alpha=0.5, beta=0.5, clip_epochs=50, epochs=10, lr=0.01, batch_size=128,
+           poisoned=None, seed=0, progress=False) -> Defended:
+    """PAD-FT: PAD, then classifier-only fine-tuning with ``beta * SCE + (1 - beta) * consistency``."""
+    params = dict(n_c=n_c, alpha=alpha, beta=beta, clip_epochs=clip_epochs, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+
+    def run():
+        clipped, selected, clip_history, extra = _purify(model, data, evaluator, n_c, alpha, clip_epochs, poisoned, seed, progress)
+        _, head = get_head(clipped)
+        trainable = frozen_except(clipped, list(head.parameters()))
+
+        def loss_fn(net, x, y):
+            first, second = net(_views(x)), net(_views(x))
+            consistency = (F.softmax(first, 1) - F.softmax(second, 1)).pow(2).sum(1).mean()
+            return beta * sce(first, y, alpha).mean() + (1 - beta) * consistency
+
+        history = tune(clipped, selected, trainable, epochs=epochs, lr=lr, batch_size=batch_size, loss_fn=loss_fn,
+                       evaluator=evaluator, augment_data=False, frozen_eval=[m for m in clipped.children() if m is not head],
+                       seed=seed, progress=progress, desc="pad_ft")
+        frozen_except(clipped, list(clipped.parameters()))
+        return clipped, clip_history + [dict(row, epoch=row["epoch"] + len(clip_history) - 1) for row in history[1:]], extra
+
+    (purified, history, extra), seconds = timed(run)
+    return Defended(purified.eval(), "pad_ft", params, seconds, history, extra)

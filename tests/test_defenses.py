@@ -1,0 +1,226 @@
+"""Defense properties on a tiny model, and ASR falling on a tiny backdoored model trained here."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from purify_lib.attacks import make_attack
+from purify_lib.data import ImageSet, balanced_subset, load_dataset, make_splits
+from purify_lib.defenses import DEFENSES, parameters_of, purify
+from purify_lib.defenses.nft import lower_bound
+from purify_lib.defenses.pad import sce_scores
+from purify_lib.errors import PurifyError
+from purify_lib.metrics import Evaluator, der
+from purify_lib.models import get_head, make_model
+from purify_lib.train import Recipe, train_model
+
+
+@pytest.fixture(scope="module")
+def backdoored(tmp_path_factory):
+    """BadNets at 10% on 2,500 CIFAR-10 images, width 8, a 6x6 checkerboard patch, no augmentation.
+
+    At this budget the standard 3x3 white patch is not learned (ASR about 19%, with or
+    without augmentation), which would test nothing; the larger patch reaches ASR 100%.
+    """
+    from PIL import Image
+
+    pattern = np.zeros((32, 32, 3), dtype=np.uint8)
+    for i in range(6):
+        for j in range(6):
+            pattern[24 + i, 24 + j] = 255 if (i + j) % 2 == 0 else 1
+    trigger = tmp_path_factory.mktemp("trigger") / "checkerboard.png"
+    Image.fromarray(pattern).save(trigger)
+    dataset = load_dataset("cifar10")
+    splits = make_splits(dataset, seed=0, reserve_fraction=0.02, train_size=2500, test_size=500)
+    attack = make_attack("badnets", trigger_path=trigger)
+    poisoned = attack.poison(splits.train, 0.1, seed=0)
+    torch.manual_seed(0)
+    model = make_model("preactresnet18", 10, width=8)
+    train_model(model, poisoned.data, Recipe(epochs=6, lr=0.05, schedule="onecycle", augment=False), progress=False)
+    evaluator = Evaluator(splits.test, attack)
+    before = evaluator(model)
+    assert before["asr"] > 80, f"the test victim did not learn its backdoor: {before}"
+    return dict(model=model, clean=splits.reserve, poisoned=poisoned, evaluator=evaluator, before=before)
+
+
+@pytest.fixture
+def small():
+    torch.manual_seed(0)
+    model = make_model("preactresnet18", 10, width=4)
+    generator = torch.Generator().manual_seed(1)
+    data = ImageSet(torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=generator), torch.arange(64) % 10)
+    return model, data
+
+
+def test_fst_keeps_head_norm_after_every_step(small):
+    model, data = small
+    original_norm = get_head(model)[1].weight.norm().item()
+    norms = []
+    from purify_lib.defenses import finetune
+
+    real_tune = finetune.tune
+
+    def spying_tune(*args, after_step, **kwargs):
+        def spy(net):
+            after_step(net)
+            norms.append(get_head(net)[1].weight.norm().item())
+        return real_tune(*args, after_step=spy, **kwargs)
+
+    finetune.tune = spying_tune
+    try:
+        result = purify("fst", model, data, epochs=2, batch_size=16)
+    finally:
+        finetune.tune = real_tune
+    assert len(norms) == 8
+    assert all(abs(n - original_norm) < 1e-4 for n in norms)
+    unprojected = purify("fst", model, data, epochs=2, batch_size=16, project_head=False)
+    assert abs(get_head(unprojected.model)[1].weight.norm().item() - original_norm) > 1e-3
+    assert result.model is not model
+
+
+def test_lp_changes_only_the_head(small):
+    model, data = small
+    result = purify("lp", model, data, epochs=2, batch_size=16).model
+    before, after = model.state_dict(), result.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"head.weight", "head.bias"}
+
+
+def test_fe_tuning_leaves_the_reinitialised_head_fixed(small):
+    model, data = small
+    result = purify("fe_tuning", model, data, epochs=1, batch_size=16)
+    reference = purify("fe_tuning", model, data, epochs=1, batch_size=16, lr=1e-12)  # same re-init, ~no update
+    assert torch.equal(result.model.head.weight, reference.model.head.weight)
+    assert not torch.equal(result.model.head.weight, model.head.weight)
+    assert not torch.equal(result.model.conv1.weight, model.conv1.weight)
+
+
+def test_ft_init_reinitialises_and_tunes_everything(small):
+    model, data = small
+    result = purify("ft_init", model, data, epochs=1, batch_size=16).model
+    assert not torch.equal(result.head.weight, model.head.weight)
+    assert not torch.equal(result.conv1.weight, model.conv1.weight)
+
+
+def test_nft_leaves_weights_untouched_and_masks_in_bounds(small):
+    model, data = small
+    result = purify("nft", model, data, steps=6, batch_size=16, lr=0.5)
+    masks, floors = result.extra["masks"], result.extra["floors"]
+    assert floors[0] == pytest.approx(0.8 * torch.exp(torch.tensor(-0.5)).item())
+    for mask, floor in zip(masks, floors):
+        assert (mask >= floor - 1e-6).all() and (mask <= 1 + 1e-6).all()
+    assert any((mask < 1).any() for mask in masks)
+    before, after = dict(model.named_parameters()), dict(result.model.named_parameters())
+    norms = [name for name, module in model.named_modules() if isinstance(module, torch.nn.BatchNorm2d)]
+    for name, tensor in before.items():
+        owner = name.rsplit(".", 1)[0]
+        if owner in norms and name.endswith("weight"):
+            mask = masks[norms.index(owner)]
+            assert torch.allclose(after[name], tensor * mask), name
+        else:
+            assert torch.equal(after[name], tensor), name
+
+
+def test_nft_bound_functions():
+    assert lower_bound("exp", 1, 17) > lower_bound("exp", 5, 17) > 0
+    assert lower_bound("none", 3, 17) == 0
+    assert lower_bound("constant", 1, 17) == lower_bound("constant", 9, 17)
+    with pytest.raises(PurifyError, match="unknown NFT bound 'cubic'"):
+        purify("nft", make_model("preactresnet18", 10, width=4), ImageSet(torch.zeros(4, 3, 32, 32, dtype=torch.uint8), torch.tensor([0, 1, 0, 1])), bound="cubic")
+
+
+def test_d3_keeps_norm_and_moves_away(small):
+    model, data = small
+    original = model.head.weight.detach().clone()
+    result = purify("d3", model, data, epochs=2, batch_size=16)
+    moved = result.model.head.weight
+    assert moved.norm().item() == pytest.approx(original.norm().item(), rel=1e-5)
+    assert (moved - original).norm() > 0.5 * original.norm()
+    assert result.extra["distance"] == pytest.approx((moved - original).norm().item(), rel=1e-4)
+    with pytest.raises(PurifyError, match="D3 cannot find layer.*nope.*top-level modules are: normalize, conv1"):
+        purify("d3", model, data, layers=("nope",))
+
+
+def test_pad_keeps_exactly_n_c_per_class_with_lowest_sce(small):
+    from purify_lib.defenses.pad import select_low_sce
+
+    model, data = small
+    keep = select_low_sce(model, data, n_c=3)
+    assert (data.labels[keep].bincount(minlength=10) == 3).all()
+    scores = sce_scores(model, data)
+    for c in range(10):
+        members = torch.nonzero(data.labels == c).squeeze(1)
+        kept = set(keep.tolist()) & set(members.tolist())
+        worst_kept = max(scores[list(kept)])
+        best_dropped = min(scores[[m for m in members.tolist() if m not in kept]])
+        assert worst_kept <= best_dropped
+
+
+def test_der_formula():
+    assert der({"acc": 90, "asr": 100}, {"acc": 90, "asr": 0}) == 1.0
+    assert der({"acc": 90, "asr": 100}, {"acc": 80, "asr": 100}) == pytest.approx(0.45)
+    assert der({"acc": 90, "asr": 10}, {"acc": 95, "asr": 20}) == 0.5
+
+
+def test_bad_defense_input(small):
+    model, data = small
+    with pytest.raises(PurifyError, match="unknown defense 'magic'; allowed: anp, d3"):
+        purify("magic", model, data)
+    with pytest.raises(PurifyError, match="unknown parameter.*alpah.*for defense 'fst'; allowed: alpha"):
+        purify("fst", model, data, alpah=0.3)
+    with pytest.raises(PurifyError, match="empty defense set"):
+        purify("ft", model, data.subset([]))
+    with pytest.raises(PurifyError, match="at least 2 classes; got 1"):
+        purify("ft", model, data.subset(torch.nonzero(data.labels == 3).squeeze(1)))
+
+    class Headless(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Conv2d(3, 10, 32)
+
+        def forward(self, x):
+            return self.body(x).flatten(1)
+
+    with pytest.raises(PurifyError, match="no linear head; looked for attributes head, linear, fc, classifier"):
+        purify("fst", Headless(), data)
+
+
+# Small budgets that still show each method working on the test victim.
+FAST = {
+    "ft": dict(epochs=5, lr=0.05),
+    "lp": dict(epochs=5, lr=0.05),
+    "fe_tuning": dict(epochs=5, lr=0.05),
+    "ft_init": dict(epochs=5, lr=0.05),
+    "fst": dict(epochs=5, lr=0.05),
+    "nft": dict(steps=60),
+    "d3": dict(epochs=5),
+    "pad": dict(n_c=50, clip_epochs=20),
+    "pad_ft": dict(n_c=50, clip_epochs=20, epochs=5),
+    "ft_sam": dict(epochs=5, lr=0.05),
+    "anp": dict(steps=60),
+    "ibau": dict(rounds=2),
+    "nad": dict(teacher_epochs=3, epochs=3, lr=0.05),
+    "mmbd": dict(epochs=20),
+}
+
+
+def test_every_defense_has_a_fast_setting():
+    assert set(FAST) == set(DEFENSES)
+    for name, params in FAST.items():
+        assert set(params) <= set(parameters_of(name))
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_defense_lowers_asr_on_a_backdoored_model(backdoored, name):
+    data = backdoored["poisoned"].data if name in ("pad", "pad_ft") else backdoored["clean"]
+    extra = {"poisoned": backdoored["poisoned"].poisoned} if name in ("pad", "pad_ft") else {}
+    victim = copy.deepcopy(backdoored["model"])
+    result = purify(name, victim, data, backdoored["evaluator"], **FAST[name], **extra)
+    after = backdoored["evaluator"](result.model)
+    before = backdoored["before"]
+    assert after["asr"] < before["asr"] - 20, f"{name}: ASR {before['asr']:.1f} -> {after['asr']:.1f}"
+    assert result.history[-1]["asr"] == pytest.approx(after["asr"])
+    assert result.seconds > 0
+    for p_victim, p_original in zip(victim.parameters(), backdoored["model"].parameters()):
+        assert torch.equal(p_victim, p_original)  # the victim itself is untouched
