@@ -20,6 +20,11 @@ def atomic_path(final: Path):
     os.close(handle)
     try:
         yield Path(tmp)
+        # mkstemp makes the file private; give it the permissions an ordinary file gets, so a
+        # zoo on a shared filesystem is readable by the other jobs and users it is shared with.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, final)
     finally:
         if os.path.exists(tmp):

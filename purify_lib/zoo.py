@@ -102,13 +102,9 @@ def get_victim(attack: str | None = "badnets", poison_rate: float = 0.1, profile
     """
     profile = get_profile(profile, **profile_overrides)
     device = pick_device(device)
-    attack_obj = make_attack(attack, **(attack_params or {})) if attack is not None else None
     dataset = load_dataset(profile.dataset, data_root)
     splits = make_splits(dataset, split_seed, profile.reserve_fraction, profile.train_size, profile.test_size)
-    if attack_obj is not None:
-        if attack_obj.target >= dataset.num_classes:
-            raise PurifyError(f"target={attack_obj.target} is not a class of {dataset.name} (0..{dataset.num_classes - 1})")
-        attack_obj.poison_count(splits.train.labels, poison_rate)
+    attack_obj = _checked_attack(attack, attack_params, poison_rate, splits)
     model = make_model(profile.model, dataset.num_classes, profile.width, profile.dataset)
 
     config = victim_config(profile, attack_obj, poison_rate, dataset.source, split_seed)
@@ -132,6 +128,27 @@ def get_victim(attack: str | None = "badnets", poison_rate: float = 0.1, profile
         warnings.warn(f"victim {label} has ASR {victim.metrics['asr']:.1f}% < {MIN_ASR}%: the backdoor was not learned; "
                       "purifying it shows nothing", stacklevel=2)
     return victim
+
+
+def _checked_attack(attack, attack_params, poison_rate, splits: Splits) -> Attack | None:
+    """The attack object, after every check that can fail before training."""
+    if attack is None:
+        return None
+    attack_obj = make_attack(attack, **(attack_params or {}))
+    if attack_obj.target >= splits.num_classes:
+        raise PurifyError(f"target={attack_obj.target} is not a class of the dataset (0..{splits.num_classes - 1})")
+    attack_obj.poison_count(splits.train.labels, poison_rate)
+    return attack_obj
+
+
+def check_requests(requests, profile: str | Profile | None = None, *, split_seed: int = 0, data_root=None) -> Profile:
+    """Check a batch of ``(attack, rate)`` requests up front, so a bad last one fails before the first trains."""
+    profile = get_profile(profile)
+    splits = make_splits(load_dataset(profile.dataset, data_root), split_seed, profile.reserve_fraction, profile.train_size, profile.test_size)
+    make_model(profile.model, splits.num_classes, profile.width, profile.dataset)
+    for attack, rate in requests:
+        _checked_attack(attack, None, rate, splits)
+    return profile
 
 
 def _load(model, weights: Path, record_path: Path) -> dict | None:

@@ -33,7 +33,9 @@ def main(argv=None) -> int:
         choose("defense", name, DEFENSES)
     profile = get_profile(args.profile)
 
-    from purify_lib.zoo import get_victim
+    from purify_lib.zoo import check_requests, get_victim
+
+    check_requests(specs, profile)
 
     rows = []
     header = "| victim | defense | ACC | ASR | RA | DER | seconds | x FT |"
@@ -44,6 +46,9 @@ def main(argv=None) -> int:
         label = f"{attack} {rate:g}"
         print(f"| {label} | (none) | {before['acc']:.1f} | {before['asr']:.1f} | {before['ra']:.1f} | | | |", flush=True)
         rows.append({"victim": label, "defense": "none", **before, "der": None, "seconds": None, "relative_time": None})
+        if not victim.backdoored:  # nothing to purify: say so instead of reporting a meaningless DER
+            print(f"| {label} | skipped: the backdoor was not learned (ASR {before['asr']:.1f}%) | | | | | | |", flush=True)
+            continue
         ft_seconds = None
         for name in args.defenses:
             result = defend(victim, name, profile)

@@ -26,7 +26,9 @@ def main(argv=None) -> int:
     specs = parse_specs(args.victims)
     profile = get_profile(args.profile)
 
-    from purify_lib.zoo import get_victim
+    from purify_lib.zoo import check_requests, get_victim
+
+    check_requests(specs, profile)
 
     rows = ["| attack | rate | ACC | ASR | RA | train s | backdoored | cache |", "|---|---|---|---|---|---|---|---|"]
     for attack, rate in specs:

@@ -24,8 +24,8 @@ from .pad import pad, pad_ft
 DEFENSES = {fn.__name__: fn for fn in (ft, lp, fe_tuning, ft_init, fst, nft, d3, pad, pad_ft, ft_sam, anp, ibau, nad, mmbd)}
 NEEDS_POISONED_DATA = {"pad", "pad_ft"}
 # Clean defense data as a share of the full training set, as each paper states it:
-# FST 2%, NFT 1%, D3 and BackdoorBench's baselines 5%.
-DATA_FRACTION = {"ft": 0.02, "lp": 0.02, "fe_tuning": 0.02, "ft_init": 0.02, "fst": 0.02, "nft": 0.01}
+# FST 2%, NFT 1%, D3 and BackdoorBench's baselines 5%; MM-BD's code uses 50 images per class.
+DATA_FRACTION = {"ft": 0.02, "lp": 0.02, "fe_tuning": 0.02, "ft_init": 0.02, "fst": 0.02, "nft": 0.01, "mmbd": 0.01}
 DEFAULT_FRACTION = 0.05
 
 

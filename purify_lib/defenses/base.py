@@ -39,7 +39,7 @@ def cross_entropy(model, x, y):
 def tune(model, data: ImageSet, params, *, epochs: int, lr: float, batch_size: int = 128, momentum: float = 0.9,
          weight_decay: float = 0.0, schedule: str = "cosine", optimizer: str = "sgd", loss_fn=cross_entropy,
          after_step=None, step_fn=None, evaluator=None, augment_data: bool = True, frozen_eval=(),
-         steps: int | None = None, eval_every: int = 1, on_epoch=None, seed: int = 0, progress: bool = False, desc: str = "tune") -> list[dict]:
+         steps: int | None = None, eval_every: int | None = None, on_epoch=None, seed: int = 0, progress: bool = False, desc: str = "tune") -> list[dict]:
     """Optimise ``params`` of ``model`` on ``data``; return per-epoch history.
 
     ``loss_fn(model, x, y)`` gives the loss of a float batch; ``after_step(model)`` runs after
@@ -47,7 +47,8 @@ def tune(model, data: ImageSet, params, *, epochs: int, lr: float, batch_size: i
     plain backward-and-step (SAM); ``on_epoch(epoch, model)`` runs after each epoch.  Modules in ``frozen_eval`` stay in eval mode, so the
     BatchNorm statistics of frozen parts do not drift.  ``steps`` fixes the number of
     optimiser steps instead (NFT's code counts steps); an "epoch" is then one pass over the
-    data, and ``eval_every`` thins the evaluations.
+    data.  The evaluator runs every ``eval_every`` epochs (default: about ten times in all)
+    and after the last.
     """
     device = next(model.parameters()).device
     params = [p for p in params if p.requires_grad]
@@ -65,6 +66,7 @@ def tune(model, data: ImageSet, params, *, epochs: int, lr: float, batch_size: i
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     images, labels = data.images.to(device), data.labels.to(device)
+    eval_every = eval_every or max(1, epochs // 10)
     history = [{"epoch": 0, **evaluator(model)}] if evaluator is not None else []
     done = 0
     bar = tqdm(total=total, disable=not progress, desc=desc, leave=False)

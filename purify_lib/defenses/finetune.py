@@ -60,28 +60,22 @@ def _feature_tuning(method, model, data, evaluator, *, reinit_head, train, alpha
     return Defended(model.eval(), method, params, seconds, history)
 
 
-def ft(model, data, evaluator=None, *, epochs=10, lr=0.01, batch_size=128, project_head=False, seed=0, progress=False):
-    """Vanilla fine-tuning (FST Sec. 3.1)."""
-    return _feature_tuning("ft", model, data, evaluator, reinit_head=False, train="all", project_head=project_head,
-                           epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress)
+def _mode(method: str, reinit_head: bool, train: str, doc: str):
+    """One of FST's baselines: the shared loop with a fixed head treatment and trainable part."""
+
+    def run(model, data, evaluator=None, *, epochs=10, lr=0.01, batch_size=128, project_head=False, seed=0, progress=False):
+        return _feature_tuning(method, model, data, evaluator, reinit_head=reinit_head, train=train, project_head=project_head,
+                               epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress)
+
+    run.__name__ = run.__qualname__ = method
+    run.__doc__ = doc
+    return run
 
 
-def lp(model, data, evaluator=None, *, epochs=10, lr=0.01, batch_size=128, project_head=False, seed=0, progress=False):
-    """Linear probing: only the head is tuned (FST Sec. 3.1)."""
-    return _feature_tuning("lp", model, data, evaluator, reinit_head=False, train="head", project_head=project_head,
-                           epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress)
-
-
-def fe_tuning(model, data, evaluator=None, *, epochs=10, lr=0.01, batch_size=128, project_head=False, seed=0, progress=False):
-    """FE-tuning: re-initialise the head, freeze it, tune the feature extractor (FST Sec. 3.2)."""
-    return _feature_tuning("fe_tuning", model, data, evaluator, reinit_head=True, train="backbone", project_head=project_head,
-                           epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress)
-
-
-def ft_init(model, data, evaluator=None, *, epochs=10, lr=0.01, batch_size=128, project_head=False, seed=0, progress=False):
-    """FT-init: re-initialise the head, tune everything (FST Sec. 3.2)."""
-    return _feature_tuning("ft_init", model, data, evaluator, reinit_head=True, train="all", project_head=project_head,
-                           epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress)
+ft = _mode("ft", False, "all", "Vanilla fine-tuning of every parameter (FST Sec. 3.1).")
+lp = _mode("lp", False, "head", "Linear probing: only the head is tuned (FST Sec. 3.1).")
+fe_tuning = _mode("fe_tuning", True, "backbone", "FE-tuning: re-initialise the head, freeze it, tune the feature extractor (FST Sec. 3.2).")
+ft_init = _mode("ft_init", True, "all", "FT-init: re-initialise the head, tune everything (FST Sec. 3.2).")
 
 
 def fst(model, data, evaluator=None, *, alpha=0.2, project_head=True, epochs=10, lr=0.01, batch_size=128, seed=0, progress=False):

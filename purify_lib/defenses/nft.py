@@ -92,14 +92,12 @@ def nft(model, data, evaluator=None, *, steps=1000, lr=0.05, momentum=0.95, min_
         for m, floor in zip(masks, floors):
             m.clamp_(floor, 1.0)
 
-    passes = math.ceil(steps / math.ceil(len(data) / batch_size))  # about ten evaluations in all
     # The cosine runs from lr down to min_lr (the official code's eta_min), not to zero.
     floor_ratio = min_lr / lr
     lr_schedule = (lambda step: floor_ratio + (1 - floor_ratio) * 0.5 * (1 + math.cos(math.pi * step / steps))) if schedule == "cosine" else "constant"
     history, seconds = timed(lambda: tune(model, data, masks, steps=steps, epochs=0, lr=lr, momentum=momentum, batch_size=batch_size,
                                           schedule=lr_schedule, loss_fn=loss_fn, after_step=clamp, evaluator=evaluator,
-                                          seed=seed, progress=progress, desc="nft",
-                                          eval_every=max(1, passes // 10)))
+                                          seed=seed, progress=progress, desc="nft"))
     final_masks = [m.detach().cpu().clone() for m in masks]
     for norm in norms:
         parametrize.remove_parametrizations(norm, "weight", leave_parametrized=True)

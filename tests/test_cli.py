@@ -1,0 +1,44 @@
+"""Command-line entry points: bad input is one line on stderr, exit code 2, nothing written."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(script, *args, cwd):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("train_victims.py", ["--profile", "huge"], "error: unknown profile 'huge'; allowed: cpu, paper, smoke"),
+    ("train_victims.py", ["badnets:ten"], "error: victim 'badnets:ten' must be ATTACK:RATE, e.g. badnets:0.1"),
+    ("train_victims.py", ["--profile", "smoke", "nope:0.1"], "error: unknown attack 'nope'; allowed: badnets, blended, lc, lf, sig, wanet"),
+    ("train_victims.py", ["--profile", "smoke", "badnets:0.1", "badnets:2"], r"error: poison_rate=2.0 is outside (0, 1]"),
+    ("run_defenses.py", ["--profile", "smoke", "--defenses", "magic"], "error: unknown defense 'magic'; allowed: anp, d3"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, script, args, message):
+    monkeypatch.setenv("PURIFY_ZOO", str(tmp_path / "zoo"))
+    result = run(script, *args, "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+    assert not (tmp_path / "zoo").exists() or not any((tmp_path / "zoo").iterdir())
+    assert not (tmp_path / "out").exists()
+
+
+def test_profiles():
+    from purify_lib.errors import PurifyError
+    from purify_lib.profiles import PROFILES, get_profile
+
+    assert get_profile("paper").width == 64 and get_profile("paper").recipe.epochs == 100
+    assert get_profile("smoke", width=4).width == 4
+    with pytest.raises(PurifyError, match="unknown profile setting.*colour"):
+        get_profile("cpu", colour="red")
+    from purify_lib.defenses import parameters_of
+
+    for profile in PROFILES.values():  # every budget override names a real parameter
+        for name, settings in profile.defense_settings.items():
+            assert set(settings) <= set(parameters_of(name)), (profile.name, name)

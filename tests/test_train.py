@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from purify_lib.attacks import make_attack
+from purify_lib.metrics import Evaluator, evaluate
+from purify_lib.models import get_head, make_model
+from purify_lib.train import Recipe, train_model
+
+
+class Constant(torch.nn.Module):
+    """Predicts one class whatever the input."""
+
+    def __init__(self, label):
+        super().__init__()
+        self.label = label
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return torch.nn.functional.one_hot(torch.full((len(x),), self.label), 10).float() + 0 * self.dummy
+
+
+def test_metrics_on_constant_predictors(images):
+    attack = make_attack("badnets")
+    always_target = evaluate(Constant(0), images, attack)
+    assert always_target == pytest.approx({"acc": 10.0, "asr": 100.0, "ra": 0.0})
+    always_three = Evaluator(images, attack)(Constant(3))
+    assert always_three["asr"] == 0.0 and always_three["acc"] == pytest.approx(10.0)
+    assert abs(always_three["ra"] - 100 / 9) < 1e-4  # class 3 is one of the nine non-target classes
+
+
+def test_training_is_seeded_and_learns(images):
+    def run():
+        torch.manual_seed(0)
+        model = make_model("preactresnet18", 10, width=4)
+        train_model(model, images, Recipe(epochs=2, batch_size=50, lr=0.05, seed=3), progress=False)
+        return model
+
+    first, second = run(), run()
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values()):
+        assert torch.equal(a, b), name
+    torch.manual_seed(0)
+    untrained = make_model("preactresnet18", 10, width=4)
+    assert not torch.equal(untrained.conv1.weight, first.conv1.weight)
+
+
+def test_training_controlled_attack_poisons_batches(images):
+    attack = make_attack("wanet")
+    calls = []
+    original = attack.poison_batch
+
+    def spy(x, y, rate):
+        calls.append(rate)
+        return original(x, y, rate)
+
+    attack.poison_batch = spy
+    model = make_model("preactresnet18", 10, width=4)
+    train_model(model, images, Recipe(epochs=1, batch_size=50), attack=attack, poison_rate=0.1, progress=False)
+    assert calls == [0.1] * 4
+
+
+def test_models_split_into_features_and_head():
+    for name in ("preactresnet18", "vgg19bn"):
+        model = make_model(name, 10, width=16).eval()
+        x = torch.rand(2, 3, 32, 32)
+        _, head = get_head(model)
+        assert torch.allclose(model(x), head(model.features(x)))
+        assert model.features(x).shape == (2, head.in_features)
