@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
-from .attacks import Attack, make_attack
+from .attacks import Attack, Poisoned, make_attack
 from .data import ImageSet, Splits, cache_dir, load_dataset, make_splits
 from .errors import PurifyError
 from .io import atomic_path, sha256_file
@@ -50,6 +50,7 @@ class Victim:
     record: dict
     path: Path
     cache_hit: bool
+    profile: Profile
 
     @property
     def metrics(self) -> dict:
@@ -66,11 +67,18 @@ class Victim:
     def triggered_test(self) -> ImageSet:
         return triggered_test_set(self.splits.test, self.attack)
 
-    def poisoned_train(self) -> ImageSet:
-        """The poisoned training set as the victim saw it (recomputed: poisoning is seeded)."""
+    def poisoned_train(self) -> Poisoned:
+        """The poisoned training set and its poisoned indices, recomputed (poisoning is seeded).
+
+        For a training-controlled attack (WaNet) this is a static stand-in: the same share of
+        images warped once, which is what data-level defenses such as PAD need.
+        """
         if self.attack is None:
-            return self.splits.train
-        return self.attack.poison(self.splits.train, self.poison_rate, seed=self.record["config"]["split_seed"]).data
+            return Poisoned(self.splits.train, torch.empty(0, dtype=torch.long))
+        if self.attack.needs_clean_model and self.attack.clean_model is None:
+            self.attack.clean_model = get_victim(None, 0.0, self.profile, split_seed=self.record["config"]["split_seed"],
+                                                 zoo=self.path.parent, progress=False).model
+        return self.attack.poison(self.splits.train, self.poison_rate, seed=self.record["config"]["split_seed"])
 
 
 def victim_config(profile: Profile, attack: Attack | None, poison_rate: float, data_source: str, split_seed: int) -> dict:
@@ -123,7 +131,7 @@ def get_victim(attack: str | None = "badnets", poison_rate: float = 0.1, profile
                                                     data_root=data_root, zoo=folder, progress=progress).model
             record = _build(model, attack_obj, poison_rate, splits, profile, config, device, progress, weights, record_path)
     model.to(device).eval()
-    victim = Victim(model, attack_obj, poison_rate, splits, record, weights, hit)
+    victim = Victim(model, attack_obj, poison_rate, splits, record, weights, hit, profile)
     if attack_obj is not None and not victim.backdoored:
         warnings.warn(f"victim {label} has ASR {victim.metrics['asr']:.1f}% < {MIN_ASR}%: the backdoor was not learned; "
                       "purifying it shows nothing", stacklevel=2)

@@ -14,7 +14,7 @@ from pathlib import Path
 from purify_lib.cli import parse_specs, run_cli
 from purify_lib.defenses import DEFENSES, defend
 from purify_lib.errors import choose
-from purify_lib.metrics import der
+from purify_lib.metrics import Evaluator, der
 from purify_lib.profiles import PROFILES, default_profile_name, get_profile
 
 DEMO = ["badnets:0.1", "blended:0.1", "wanet:0.1", "badnets:0.01", "blended:0.01"]
@@ -50,9 +50,10 @@ def main(argv=None) -> int:
             print(f"| {label} | skipped: the backdoor was not learned (ASR {before['asr']:.1f}%) | | | | | | |", flush=True)
             continue
         ft_seconds = None
+        evaluator = Evaluator(victim.splits.test, victim.attack)
         for name in args.defenses:
-            result = defend(victim, name, profile)
-            after = result.history[-1]
+            result = defend(victim, name, profile, evaluate=False)  # per-epoch curves are the notebooks' job
+            after = evaluator(result.model)
             if name == "ft":
                 ft_seconds = result.seconds
             relative = result.seconds / ft_seconds if ft_seconds else None

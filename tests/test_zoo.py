@@ -101,3 +101,32 @@ def test_concurrent_requests_train_once(isolated_cache):
     hits = sorted(queue.get(timeout=5) for _ in workers)
     assert hits == [False, True]
     assert len(list(isolated_cache.glob("*.pt"))) == 1
+
+
+def test_poisoned_train_matches_the_record_and_lc_trains_its_clean_model_once(isolated_cache):
+    victim = get_victim("badnets", 0.1, recipe=tiny_recipe(), **TINY)
+    poisoned = victim.poisoned_train()
+    assert poisoned.poisoned.tolist() == victim.record["poisoned_indices"]
+    assert (poisoned.data.labels[poisoned.poisoned] == 0).all()
+
+    lc = get_victim("lc", 0.05, recipe=tiny_recipe(), attack_params={"steps": 1}, **TINY)
+    assert len(list(isolated_cache.glob("clean-*.json"))) == 1  # the clean model LC attacks, stored once
+    again = get_victim("lc", 0.05, recipe=tiny_recipe(), attack_params={"steps": 1}, **TINY)
+    assert again.cache_hit and again.attack.clean_model is None
+    recomputed = again.poisoned_train()  # fetches the clean model from the zoo, trains nothing
+    assert recomputed.poisoned.tolist() == lc.record["poisoned_indices"]
+    assert len(list(isolated_cache.glob("*.json"))) == 3
+
+
+def test_defend_uses_the_papers_defense_data(isolated_cache):
+    from purify_lib.defenses import defend
+
+    victim = get_victim("badnets", 0.1, recipe=tiny_recipe(), reserve_fraction=0.05, **TINY)
+    fst = defend(victim, "fst", epochs=1)
+    assert fst.params["epochs"] == 1 and len(fst.history) == 2
+    one_shot = defend(victim, "nft", per_class=1, steps=2, evaluate=False)
+    assert all("asr" not in row for row in one_shot.history) and one_shot.params["steps"] == 2
+    pad = defend(victim, "pad", n_c=5, clip_epochs=1, evaluate=False)
+    assert pad.extra["kept"] == 50 and 0 <= pad.extra["kept_poisoned"] <= 50
+    with pytest.raises(PurifyError, match="defense data fraction 0.5 means 25000 images; the reserve holds 2500"):
+        defend(victim, "ft", data_fraction=0.5)

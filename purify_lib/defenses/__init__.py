@@ -49,21 +49,27 @@ def purify(name: str, model, data, evaluator=None, **params) -> Defended:
     return DEFENSES[name](model, data, evaluator, **params)
 
 
-def defend(victim, name: str, profile=None, evaluate: bool = True, data_fraction: float | None = None, **params) -> Defended:
+def defend(victim, name: str, profile=None, evaluate: bool = True, data_fraction: float | None = None,
+           per_class: int | None = None, **params) -> Defended:
     """Run defense ``name`` on a zoo victim: the paper's defense data, the profile's budget, ``params`` on top.
 
     The PAD family gets the victim's poisoned training set (and its poisoned indices, for the
-    report); every other method a class-balanced share of the clean reserve.
+    report); every other method a class-balanced share of the clean reserve: ``data_fraction``
+    of the full training set (default: the paper's), or ``per_class`` images of each class
+    (``per_class=1`` is NFT's one-shot setting).
     """
     from ..metrics import Evaluator
     from ..profiles import get_profile
 
     choose("defense", name, DEFENSES)
-    settings = {**get_profile(profile or victim.record["profile"]).defense_params(name), **params}
+    settings = {**get_profile(profile or victim.profile).defense_params(name), **params}
     if name in NEEDS_POISONED_DATA:
-        data = victim.poisoned_train()
-        settings.setdefault("poisoned", victim.poisoned_indices)
+        poisoned = victim.poisoned_train()
+        data = poisoned.data
+        settings.setdefault("poisoned", poisoned.poisoned)
     else:
+        if per_class is not None:
+            data_fraction = per_class * victim.splits.num_classes / victim.splits.full_train_size
         data = victim.splits.defense_data(data_fraction or DATA_FRACTION.get(name, DEFAULT_FRACTION))
     evaluator = Evaluator(victim.splits.test, victim.attack) if evaluate else None
     return purify(name, victim.model, data, evaluator, **settings)
