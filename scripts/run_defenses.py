@@ -38,16 +38,16 @@ def main(argv=None) -> int:
     check_requests(specs, profile)
 
     rows = []
-    header = "| victim | defense | ACC | ASR | RA | DER | seconds | x FT |"
-    print(header + "\n|---|---|---|---|---|---|---|---|", flush=True)
+    header = "| victim | defense | ACC | ASR | RA | DER | seconds | x FT | note |"
+    print(header + "\n|---|---|---|---|---|---|---|---|---|", flush=True)
     for attack, rate in specs:
         victim = get_victim(attack, rate, profile, device=args.device)
         before = victim.metrics
         label = f"{attack} {rate:g}"
-        print(f"| {label} | (none) | {before['acc']:.1f} | {before['asr']:.1f} | {before['ra']:.1f} | | | |", flush=True)
-        rows.append({"victim": label, "defense": "none", **before, "der": None, "seconds": None, "relative_time": None})
+        print(f"| {label} | (none) | {before['acc']:.1f} | {before['asr']:.1f} | {before['ra']:.1f} | | | | |", flush=True)
+        rows.append({"victim": label, "defense": "none", **before, "der": None, "seconds": None, "relative_time": None, "note": ""})
         if not victim.backdoored:  # nothing to purify: say so instead of reporting a meaningless DER
-            print(f"| {label} | skipped: the backdoor was not learned (ASR {before['asr']:.1f}%) | | | | | | |", flush=True)
+            print(f"| {label} | skipped: the backdoor was not learned (ASR {before['asr']:.1f}%) | | | | | | | |", flush=True)
             continue
         ft_seconds = None
         evaluator = Evaluator(victim.splits.test, victim.attack)
@@ -57,11 +57,12 @@ def main(argv=None) -> int:
             if name == "ft":
                 ft_seconds = result.seconds
             relative = result.seconds / ft_seconds if ft_seconds else None
+            note = f"{result.extra['kept_poisoned']} of {result.extra['kept']} kept were poisons" if "kept_poisoned" in result.extra else ""
             row = {"victim": label, "defense": name, "acc": after["acc"], "asr": after["asr"], "ra": after["ra"],
-                   "der": der(before, after), "seconds": result.seconds, "relative_time": relative}
+                   "der": der(before, after), "seconds": result.seconds, "relative_time": relative, "note": note}
             rows.append(row)
             print(f"| {label} | {name} | {row['acc']:.1f} | {row['asr']:.1f} | {row['ra']:.1f} | {row['der']:.3f} | "
-                  f"{row['seconds']:.0f} | {'' if relative is None else f'{relative:.1f}'} |", flush=True)
+                  f"{row['seconds']:.0f} | {'' if relative is None else f'{relative:.1f}'} | {note} |", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / f"defenses_{profile.name}.csv", "w", newline="") as handle:

@@ -205,13 +205,27 @@ FAST = {
 }
 
 
+# These do not lower ASR on this victim at a CI budget, nor (LP, NFT, ANP) on the cpu-profile
+# BadNets victim at the cpu profile's cut budgets; see the defenses issue's closing note.  They
+# stay here as strict expected failures: the day one starts to pass, the test says so.
+NOT_AT_THIS_SCALE = {
+    "lp": "linear probing keeps the backdoored features; FST reports it failing too",
+    "nft": "masks move (mean about 0.85) but ASR stays at 100% on this under-fitted victim",
+    "anp": "ASR stays at 100% after 60 of the paper's 2000 steps",
+    "ibau": "ASR stays at 100% after two of the five rounds",
+}
+
+
 def test_every_defense_has_a_fast_setting():
     assert set(FAST) == set(DEFENSES)
     for name, params in FAST.items():
         assert set(params) <= set(parameters_of(name))
 
 
-@pytest.mark.parametrize("name", sorted(FAST))
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=NOT_AT_THIS_SCALE[name])) if name in NOT_AT_THIS_SCALE else name
+    for name in sorted(FAST)
+])
 def test_defense_lowers_asr_on_a_backdoored_model(backdoored, name):
     data = backdoored["poisoned"].data if name in ("pad", "pad_ft") else backdoored["clean"]
     extra = {"poisoned": backdoored["poisoned"].poisoned} if name in ("pad", "pad_ft") else {}

@@ -3,7 +3,7 @@
 A defense is one function ``defense(model, data, evaluator=None, **params) -> Defended``.
 It works on its own copy of ``model`` (the zoo's victim is never changed), tunes on the
 uint8 ``data`` with ``tune`` below, and, when an ``evaluator`` is given, records ACC, ASR
-and RA after every epoch (row 0 is the model before the defense).
+and RA as it goes (row 0 is the model as tuning starts, after any re-initialisation).
 """
 from __future__ import annotations
 
@@ -39,13 +39,15 @@ def cross_entropy(model, x, y):
 def tune(model, data: ImageSet, params, *, epochs: int, lr: float, batch_size: int = 128, momentum: float = 0.9,
          weight_decay: float = 0.0, schedule: str = "cosine", optimizer: str = "sgd", loss_fn=cross_entropy,
          after_step=None, step_fn=None, evaluator=None, augment_data: bool = True, frozen_eval=(),
-         steps: int | None = None, eval_every: int | None = None, on_epoch=None, seed: int = 0, progress: bool = False, desc: str = "tune") -> list[dict]:
+         steps: int | None = None, eval_every: int | None = None, on_epoch=None, seed: int = 0,
+         progress: bool = False, desc: str = "tune") -> list[dict]:
     """Optimise ``params`` of ``model`` on ``data``; return per-epoch history.
 
     ``loss_fn(model, x, y)`` gives the loss of a float batch; ``after_step(model)`` runs after
-    every optimiser step (projections, clamps); ``step_fn(model, x, y, optimizer)`` replaces the
-    plain backward-and-step (SAM); ``on_epoch(epoch, model)`` runs after each epoch.  Modules in ``frozen_eval`` stay in eval mode, so the
-    BatchNorm statistics of frozen parts do not drift.  ``steps`` fixes the number of
+    every optimiser step (projections, clamps); ``step_fn(model, x, y, optimizer, loss_fn)``
+    replaces the plain backward-and-step (SAM, ANP); ``on_epoch(epoch, model)`` runs after each
+    epoch.  Modules in ``frozen_eval`` stay in eval mode, so the BatchNorm statistics of
+    frozen parts do not drift.  ``steps`` fixes the number of
     optimiser steps instead (NFT's code counts steps); an "epoch" is then one pass over the
     data.  The evaluator runs every ``eval_every`` epochs (default: about ten times in all)
     and after the last.
