@@ -1,7 +1,7 @@
 """Backdoor attacks, one module each, behind the ``Attack`` interface in ``base.py``."""
 from __future__ import annotations
 
-from ..errors import choose
+from ..errors import PurifyError, choose
 from .badnets import BadNets
 from .base import Attack, Poisoned
 from .blended import Blended
@@ -19,8 +19,6 @@ def make_attack(name: str, **params) -> Attack:
     try:
         return cls(**params)
     except TypeError as exc:
-        from ..errors import PurifyError
-
         raise PurifyError(f"bad parameters for attack {name!r}: {exc}") from None
 
 

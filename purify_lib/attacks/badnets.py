@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Attack, find_trigger, load_pattern, pattern_digest
+from .base import Attack, pattern_digest, trigger_pattern
 
 
 def default_patch(size: int = 32) -> torch.Tensor:
@@ -20,8 +20,7 @@ class BadNets(Attack):
 
     def __init__(self, target: int = 0, trigger_path=None):
         super().__init__(target)
-        path = find_trigger("trigger_image.png", trigger_path)
-        self.pattern = torch.from_numpy(load_pattern(path)) if path else default_patch()
+        self.pattern = trigger_pattern("trigger_image.png", trigger_path, default_patch)
         self.mask = (self.pattern > 0).any(0, keepdim=True)
 
     def params(self) -> dict:

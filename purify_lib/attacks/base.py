@@ -113,5 +113,11 @@ def load_pattern(path: Path, size: int = 32) -> np.ndarray:
     return np.ascontiguousarray(array.astype(np.uint8).transpose(2, 0, 1))
 
 
+def trigger_pattern(filename: str, explicit, default) -> torch.Tensor:
+    """The trigger as a uint8 ``(3, 32, 32)`` tensor: from its file when found, else ``default()``."""
+    path = find_trigger(filename, explicit)
+    return torch.from_numpy(load_pattern(path)) if path else default()
+
+
 def pattern_digest(pattern: torch.Tensor) -> str:
     return hashlib.sha256(pattern.contiguous().numpy().tobytes()).hexdigest()[:12]

@@ -3,14 +3,19 @@ from __future__ import annotations
 
 import torch
 
-from .base import Attack, find_trigger, load_pattern, pattern_digest
+from ..errors import PurifyError
+from .base import Attack, pattern_digest, trigger_pattern
+
+
+def default_pattern() -> torch.Tensor:
+    """A seeded uniform-noise image (the original paper also blended random noise)."""
+    return torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 
 
 class Blended(Attack):
     """Blend the Hello Kitty image (BackdoorBench's) at ``alpha`` = 0.2, for training and test.
 
-    Without the file, a seeded uniform-noise image stands in (the original paper also
-    used random noise patterns).
+    Without the file, ``default_pattern`` stands in.
     """
 
     name = "blended"
@@ -18,15 +23,9 @@ class Blended(Attack):
     def __init__(self, target: int = 0, alpha: float = 0.2, trigger_path=None):
         super().__init__(target)
         if not 0 < alpha <= 1:
-            from ..errors import PurifyError
-
             raise PurifyError(f"alpha={alpha} is outside (0, 1]")
         self.alpha = alpha
-        path = find_trigger("hello_kitty.jpeg", trigger_path)
-        if path:
-            self.pattern = torch.from_numpy(load_pattern(path))
-        else:
-            self.pattern = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        self.pattern = trigger_pattern("hello_kitty.jpeg", trigger_path, default_pattern)
 
     def params(self) -> dict:
         return {**super().params(), "alpha": self.alpha, "trigger": pattern_digest(self.pattern)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Attack, find_trigger, load_pattern, pattern_digest
+from .base import Attack, pattern_digest, trigger_pattern
 
 
 def default_pattern(size: int = 32, amplitude: float = 50, seed: int = 0) -> torch.Tensor:
@@ -22,8 +22,7 @@ class LF(Attack):
 
     def __init__(self, target: int = 0, trigger_path=None):
         super().__init__(target)
-        path = find_trigger("cifar10_preactresnet18_0_255.npy", trigger_path)
-        self.pattern = torch.from_numpy(load_pattern(path)) if path else default_pattern()
+        self.pattern = trigger_pattern("cifar10_preactresnet18_0_255.npy", trigger_path, default_pattern)
 
     def params(self) -> dict:
         return {**super().params(), "trigger": pattern_digest(self.pattern)}
