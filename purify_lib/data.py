@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .errors import PurifyError
-from .io import atomic_path
+from .files import atomic_path
 
 DATA_ENV = "PURIFY_DATA"
 CACHE_ENV = "PURIFY_CACHE"

@@ -26,7 +26,7 @@ from filelock import FileLock
 from .attacks import Attack, Poisoned, make_attack
 from .data import ImageSet, Splits, cache_dir, load_dataset, make_splits
 from .errors import PurifyError
-from .io import atomic_path, sha256_file
+from .files import atomic_path, sha256_file
 from .metrics import evaluate, pick_device, triggered_test_set
 from .models import make_model
 from .profiles import Profile, get_profile
