@@ -60,10 +60,6 @@ class Victim:
     def backdoored(self) -> bool:
         return self.record["backdoored"]
 
-    @property
-    def poisoned_indices(self) -> torch.Tensor:
-        return torch.tensor(self.record["poisoned_indices"], dtype=torch.long)
-
     def triggered_test(self) -> ImageSet:
         return triggered_test_set(self.splits.test, self.attack)
 
@@ -76,8 +72,7 @@ class Victim:
         if self.attack is None:
             return Poisoned(self.splits.train, torch.empty(0, dtype=torch.long))
         if self.attack.needs_clean_model and self.attack.clean_model is None:
-            self.attack.clean_model = get_victim(None, 0.0, self.profile, split_seed=self.record["config"]["split_seed"],
-                                                 zoo=self.path.parent, progress=False).model
+            _attach_clean_model(self.attack, self.profile, self.record["config"]["split_seed"], self.path.parent)
         return self.attack.poison(self.splits.train, self.poison_rate, seed=self.record["config"]["split_seed"])
 
 
@@ -110,8 +105,7 @@ def get_victim(attack: str | None = "badnets", poison_rate: float = 0.1, profile
     """
     profile = get_profile(profile, **profile_overrides)
     device = pick_device(device)
-    dataset = load_dataset(profile.dataset, data_root)
-    splits = make_splits(dataset, split_seed, profile.reserve_fraction, profile.train_size, profile.test_size)
+    dataset, splits = _profile_splits(profile, split_seed, data_root)
     attack_obj = _checked_attack(attack, attack_params, poison_rate, splits)
     model = make_model(profile.model, dataset.num_classes, profile.width, profile.dataset)
 
@@ -127,8 +121,7 @@ def get_victim(attack: str | None = "badnets", poison_rate: float = 0.1, profile
         hit = record is not None
         if not hit:
             if attack_obj is not None and attack_obj.needs_clean_model:
-                attack_obj.clean_model = get_victim(None, 0.0, profile, split_seed=split_seed, device=device,
-                                                    data_root=data_root, zoo=folder, progress=progress).model
+                _attach_clean_model(attack_obj, profile, split_seed, folder, device, data_root, progress)
             record = _build(model, attack_obj, poison_rate, splits, profile, config, device, progress, weights, record_path)
     model.to(device).eval()
     victim = Victim(model, attack_obj, poison_rate, splits, record, weights, hit, profile)
@@ -136,6 +129,18 @@ def get_victim(attack: str | None = "badnets", poison_rate: float = 0.1, profile
         warnings.warn(f"victim {label} has ASR {victim.metrics['asr']:.1f}% < {MIN_ASR}%: the backdoor was not learned; "
                       "purifying it shows nothing", stacklevel=2)
     return victim
+
+
+def _profile_splits(profile: Profile, split_seed: int, data_root=None):
+    dataset = load_dataset(profile.dataset, data_root)
+    return dataset, make_splits(dataset, split_seed, profile.reserve_fraction, profile.train_size, profile.test_size)
+
+
+def _attach_clean_model(attack: Attack, profile: Profile, split_seed: int, zoo: Path, device=None, data_root=None,
+                        progress: bool = False) -> None:
+    """Give a clean-label attack that crafts against a clean model (LC) that model, from the same zoo."""
+    attack.clean_model = get_victim(None, 0.0, profile, split_seed=split_seed, device=device, data_root=data_root,
+                                    zoo=zoo, progress=progress).model
 
 
 def _checked_attack(attack, attack_params, poison_rate, splits: Splits) -> Attack | None:
@@ -152,7 +157,7 @@ def _checked_attack(attack, attack_params, poison_rate, splits: Splits) -> Attac
 def check_requests(requests, profile: str | Profile | None = None, *, split_seed: int = 0, data_root=None) -> Profile:
     """Check a batch of ``(attack, rate)`` requests up front, so a bad last one fails before the first trains."""
     profile = get_profile(profile)
-    splits = make_splits(load_dataset(profile.dataset, data_root), split_seed, profile.reserve_fraction, profile.train_size, profile.test_size)
+    _, splits = _profile_splits(profile, split_seed, data_root)
     make_model(profile.model, splits.num_classes, profile.width, profile.dataset)
     for attack, rate in requests:
         _checked_attack(attack, None, rate, splits)

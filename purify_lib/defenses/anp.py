@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from ..errors import PurifyError
-from .base import Defended, timed, tune
+from .base import Defended, frozen_except, timed, tune
 
 
 class _Perturbed(nn.Module):
@@ -53,8 +53,7 @@ def anp(model, data, evaluator=None, *, eps=0.4, alpha=0.2, lr=0.2, steps=2000, 
     parts = weight_parts + bias_parts
     masks = [part.mask for part in weight_parts]
     noises = [part.noise for part in parts]
-    for p in model.parameters():
-        p.requires_grad_(False)
+    frozen_except(model, masks + noises)  # noises need gradients for the ascent step, not the optimiser
 
     def set_noise(active: bool):
         for part in parts:
@@ -82,10 +81,6 @@ def anp(model, data, evaluator=None, *, eps=0.4, alpha=0.2, lr=0.2, steps=2000, 
         for mask in masks:
             mask.clamp_(0, 1)
 
-    for mask in masks:
-        mask.requires_grad_(True)
-    for noise in noises:
-        noise.requires_grad_(True)
     set_noise(False)
 
     def run():
@@ -102,8 +97,7 @@ def anp(model, data, evaluator=None, *, eps=0.4, alpha=0.2, lr=0.2, steps=2000, 
                 cut = mask <= threshold
                 norm.weight[cut] = 0.0
                 pruned += int(cut.sum())
-        for p in model.parameters():
-            p.requires_grad_(True)
+        frozen_except(model, list(model.parameters()))
         return pruned, sum(len(m) for m in final)
 
     (pruned, total), seconds = timed(run)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..errors import PurifyError
 from ..metrics import predict
-from .base import Defended, timed, tune
+from .base import Defended, frozen_except, timed, tune
 
 
 class ActivationClip(nn.Module):
@@ -66,11 +66,7 @@ def learn_clipping(model, data, evaluator=None, *, epochs=50, lr=0.1, batch_size
     reference = copy.deepcopy(model).eval()
     model = copy.deepcopy(model)
     clips = insert_clips(model, initial)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    bounds = [clip.bound for clip in clips]
-    for bound in bounds:
-        bound.requires_grad_(True)
+    bounds = frozen_except(model, [clip.bound for clip in clips])
     weight = {"c": c}
     reference_preds = predict(reference, data.images)
 
@@ -87,8 +83,7 @@ def learn_clipping(model, data, evaluator=None, *, epochs=50, lr=0.1, batch_size
     history = tune(model, data, bounds, epochs=epochs, lr=lr, batch_size=batch_size, optimizer="adam", schedule="constant",
                    loss_fn=loss_fn, on_epoch=adapt, evaluator=evaluator, augment_data=False, frozen_eval=[model],
                    seed=seed, progress=progress, desc=method)
-    for p in model.parameters():
-        p.requires_grad_(True)
+    frozen_except(model, list(model.parameters()))
     extra = {"final_c": weight["c"], "mean_bound": [b.detach().mean().item() for b in bounds]}
     return model.eval(), history, extra
 

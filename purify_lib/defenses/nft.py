@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from ..errors import PurifyError, choose
-from .base import Defended, timed, tune
+from .base import Defended, frozen_except, timed, tune
 
 BOUNDS = ("exp", "linear", "constant", "none")
 
@@ -71,10 +71,7 @@ def nft(model, data, evaluator=None, *, steps=1000, lr=0.05, momentum=0.95, min_
         parametrize.register_parametrization(norm, "weight", ChannelMask(norm.num_features, device))
         masks.append(norm.parametrizations.weight[0].mask)
     floors = [lower_bound(bound, layer, len(masks), a, b) for layer in range(1, len(masks) + 1)]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for m in masks:
-        m.requires_grad_(True)
+    frozen_except(model, masks)
     per_class = len(data) / max(int(data.labels.unique().numel()), 1)
     beta = torch.distributions.Beta(mixup_alpha, mixup_alpha)
 
@@ -101,8 +98,7 @@ def nft(model, data, evaluator=None, *, steps=1000, lr=0.05, momentum=0.95, min_
     final_masks = [m.detach().cpu().clone() for m in masks]
     for norm in norms:
         parametrize.remove_parametrizations(norm, "weight", leave_parametrized=True)
-    for p in model.parameters():
-        p.requires_grad_(True)
+    frozen_except(model, list(model.parameters()))
     pruned = sum(int((m < 0.1).sum()) for m in final_masks)
     return Defended(model.eval(), "nft", params, seconds, history,
                     {"masks": final_masks, "floors": floors, "channels_below_0.1": pruned})
