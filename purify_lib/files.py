@@ -37,3 +37,40 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def save_checkpoint(model, weights: Path, record_path: Path, record: dict) -> dict:
+    """Write ``model``'s state dict, then ``record`` plus the checkpoint's SHA-256, each atomically.
+
+    The record is written last: an entry exists only once both files are complete.
+    """
+    import json
+
+    import torch
+
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    with atomic_path(weights) as tmp:
+        torch.save(state, tmp)
+        record = {**record, "sha256": sha256_file(tmp)}
+    with atomic_path(record_path) as tmp:
+        tmp.write_text(json.dumps(record, indent=1))
+    return record
+
+
+def load_checkpoint(model, weights: Path, record_path: Path) -> dict:
+    """Load a checkpoint written by ``save_checkpoint`` into ``model``; return its record.
+
+    Loads with ``weights_only=True`` (no pickled code runs) and only after the file's SHA-256
+    matches its record; raises ``OSError`` (or a load error) otherwise.
+    """
+    import json
+
+    import torch
+
+    record = json.loads(Path(record_path).read_text())
+    if not Path(weights).exists():
+        raise OSError("checkpoint missing")
+    if sha256_file(weights) != record["sha256"]:
+        raise OSError("checkpoint hash differs from its record")
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return record

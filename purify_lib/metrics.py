@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .data import ImageSet, to_float
 
@@ -14,18 +15,25 @@ def pick_device(device=None) -> torch.device:
 
 
 @torch.no_grad()
-def predict(model, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Predicted labels for uint8 images, on the model's device, returned on the CPU."""
+def logits(model, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Float logits for uint8 images, computed on the model's device, returned on the CPU."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    preds = []
+    outputs = []
     for start in range(0, len(images), batch_size):
         batch = to_float(images[start : start + batch_size].to(device)).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, enabled=device.type == "cuda"):
-            preds.append(model(batch).argmax(1).cpu())
+            outputs.append(model(batch).float().cpu())
     model.train(was_training)
-    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+    return torch.cat(outputs) if outputs else torch.empty(0, 0)
+
+
+def predict(model, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Predicted labels for uint8 images, on the model's device, returned on the CPU."""
+    if len(images) == 0:
+        return torch.empty(0, dtype=torch.long)
+    return logits(model, images, batch_size).argmax(1)
 
 
 def triggered_test_set(test: ImageSet, attack) -> ImageSet:
@@ -39,17 +47,24 @@ def triggered_test_set(test: ImageSet, attack) -> ImageSet:
 
 
 def evaluate(model, test: ImageSet, attack=None, triggered: ImageSet | None = None) -> dict[str, float]:
-    """ACC on ``test``; with an attack, ASR and RA (percent) on its triggered non-target images.
+    """ACC and mean clean cross-entropy on ``test``; with an attack, also ASR, RA (percent) and the
+    backdoor loss on its triggered non-target images.
 
-    Pass ``triggered`` (from ``triggered_test_set``) to avoid re-applying the trigger on every call.
+    The backdoor loss is the cross-entropy of triggered images against their TRUE labels: NFT's
+    "ideal purification loss" (Sec. 4.1) and D3's backdoor loss (Fig. 2).  Pass ``triggered``
+    (from ``triggered_test_set``) to avoid re-applying the trigger on every call.
     """
-    result = {"acc": 100 * (predict(model, test.images) == test.labels).float().mean().item()}
+    clean = logits(model, test.images)
+    result = {"acc": 100 * (clean.argmax(1) == test.labels).float().mean().item(),
+              "clean_loss": F.cross_entropy(clean, test.labels).item()}
     if attack is not None or triggered is not None:
         triggered = triggered if triggered is not None else triggered_test_set(test, attack)
         target = attack.target if attack is not None else 0
-        preds = predict(model, triggered.images)
+        backdoor = logits(model, triggered.images)
+        preds = backdoor.argmax(1)
         result["asr"] = 100 * (preds == target).float().mean().item()
         result["ra"] = 100 * (preds == triggered.labels).float().mean().item()
+        result["backdoor_loss"] = F.cross_entropy(backdoor, triggered.labels).item()
     return result
 
 

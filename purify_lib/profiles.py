@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields, replace
 
 import torch
@@ -54,15 +55,20 @@ SMOKE_DEFENSES = {
 
 PROFILES = {
     "smoke": Profile("smoke", width=8, train_size=2000, test_size=500,
-                     recipe=Recipe(epochs=3, batch_size=128, lr=0.05, schedule="onecycle"), defense_settings=SMOKE_DEFENSES),
+                     recipe=Recipe(epochs=5, batch_size=128, lr=0.05, schedule="onecycle", augment=False),
+                     defense_settings=SMOKE_DEFENSES),
     "cpu": Profile("cpu", width=16, train_size=20000, test_size=2000,
                    recipe=Recipe(epochs=10, batch_size=128, lr=0.1, schedule="onecycle"), defense_settings=CPU_DEFENSES),
     "paper": Profile("paper", width=64, train_size=None, test_size=None, recipe=Recipe()),
 }
 
 
+PROFILE_ENV = "PURIFY_PROFILE"
+
+
 def default_profile_name() -> str:
-    return "paper" if torch.cuda.is_available() else "cpu"
+    """``$PURIFY_PROFILE`` when set (checked by ``get_profile``), else ``paper`` with a GPU and ``cpu`` without."""
+    return os.environ.get(PROFILE_ENV) or ("paper" if torch.cuda.is_available() else "cpu")
 
 
 def get_profile(name: str | Profile | None = None, **overrides) -> Profile:

@@ -26,7 +26,7 @@ from filelock import FileLock
 from .attacks import Attack, Poisoned, make_attack
 from .data import ImageSet, Splits, cache_dir, load_dataset, make_splits
 from .errors import PurifyError
-from .files import atomic_path, sha256_file
+from .files import load_checkpoint, save_checkpoint
 from .metrics import evaluate, pick_device, triggered_test_set
 from .models import make_model
 from .profiles import Profile, get_profile
@@ -168,13 +168,7 @@ def _load(model, weights: Path, record_path: Path) -> dict | None:
     if not record_path.exists():
         return None
     try:
-        record = json.loads(record_path.read_text())
-        if not weights.exists():
-            raise OSError("checkpoint missing")
-        if sha256_file(weights) != record["sha256"]:
-            raise OSError("checkpoint hash differs from its record")
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        return record
+        return load_checkpoint(model, weights, record_path)
     except Exception as exc:  # truncated, corrupted or tampered: rebuild rather than trust it
         warnings.warn(f"zoo entry {weights.name} is unusable ({exc}); rebuilding it", stacklevel=3)
         return None
@@ -191,10 +185,6 @@ def _build(model, attack, poison_rate, splits, profile, config, device, progress
     train_model(model, train_set, profile.recipe, attack, poison_rate, progress=progress)
     seconds = time.perf_counter() - started
     metrics = evaluate(model, splits.test, attack)
-    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    with atomic_path(weights) as tmp:
-        torch.save(state, tmp)
-        digest = sha256_file(tmp)
     record = {
         "config": config,
         "key": config_key(config),
@@ -206,9 +196,6 @@ def _build(model, attack, poison_rate, splits, profile, config, device, progress
         "train_images": len(train_set),
         "device": str(device),
         "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform()},
-        "sha256": digest,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    with atomic_path(record_path) as tmp:
-        tmp.write_text(json.dumps(record, indent=1))
-    return record
+    return save_checkpoint(model, weights, record_path, record)

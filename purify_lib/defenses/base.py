@@ -30,6 +30,7 @@ class Defended:
     seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    cache_hit: bool = False  # True when ``defend`` loaded this result instead of running the defense
 
 
 def cross_entropy(model, x, y):
@@ -49,7 +50,7 @@ def tune(model, data: ImageSet, params, *, epochs: int, lr: float, batch_size: i
     epoch.  Modules in ``frozen_eval`` stay in eval mode, so the BatchNorm statistics of
     frozen parts do not drift.  ``steps`` fixes the number of
     optimiser steps instead (NFT's code counts steps); an "epoch" is then one pass over the
-    data.  The evaluator runs every ``eval_every`` epochs (default: about ten times in all)
+    data.  The evaluator runs every ``eval_every`` epochs (default: about five times in all)
     and after the last.
     """
     device = next(model.parameters()).device
@@ -68,7 +69,7 @@ def tune(model, data: ImageSet, params, *, epochs: int, lr: float, batch_size: i
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     images, labels = data.images.to(device), data.labels.to(device)
-    eval_every = eval_every or max(1, epochs // 10)
+    eval_every = eval_every or max(1, epochs // 5)
     history = [{"epoch": 0, **evaluator(model)}] if evaluator is not None else []
     done = 0
     bar = tqdm(total=total, disable=not progress, desc=desc, leave=False)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ..data import ImageSet
 from ..errors import PurifyError
-from ..metrics import predict
+from ..metrics import logits, predict
 from ..models import get_head
 from .base import Defended, frozen_except, timed, tune
 from .mmbd import learn_clipping
@@ -33,15 +33,9 @@ def sce(logits: torch.Tensor, labels: torch.Tensor, alpha: float = 0.5, log_zero
     return alpha * ce + (1 - alpha) * rce
 
 
-@torch.no_grad()
-def sce_scores(model, data: ImageSet, alpha: float = 0.5, batch_size: int = 1000) -> torch.Tensor:
-    device = next(model.parameters()).device
-    model.eval()
-    scores = []
-    for start in range(0, len(data), batch_size):
-        x = data.images[start : start + batch_size].to(device).float() / 255
-        scores.append(sce(model(x), data.labels[start : start + batch_size].to(device), alpha).cpu())
-    return torch.cat(scores)
+def sce_scores(model, data: ImageSet, alpha: float = 0.5) -> torch.Tensor:
+    """Per-sample SCE of ``model`` on every sample of ``data`` (on the CPU)."""
+    return sce(logits(model, data.images), data.labels, alpha)
 
 
 def select_low_sce(model, data: ImageSet, n_c: int, alpha: float = 0.5) -> torch.Tensor:

@@ -1,0 +1,123 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+
+# %% [markdown]
+# # 2. Feature shift, seen and measured (FST Figs. 3–4, NFT Fig. 1, D3 Fig. 4a)
+#
+# **Question.** FST explains the failure of fine-tuning at low poisoning rates through the features the
+# head sees: when the rate is low, triggered images and clean images of the target class share one region
+# of feature space, and tuning that does not move the features (LP, FT) cannot pull them apart; methods
+# that shift the features (FE-tuning, FT-init, FST) can. NFT and D3 show similar pictures. We draw the
+# t-SNE of penultimate features for the victim and for each method, at a high and a low rate, and put the
+# claim in numbers: the accuracy of a linear probe telling triggered features from clean target-class
+# features (50% = entangled, 100% = separate).
+#
+# ![t-SNE of penultimate features, this run](../figures/feature_shift_tsne.png)
+
+# %% tags=["parameters"]
+profile = ""  # smoke, cpu or paper; "" means $PURIFY_PROFILE, else cpu without a GPU and paper with one
+device = "auto"
+seed = 0
+victims = []  # "attack:rate", a high and a low rate; empty means this section's default for the profile
+methods = []  # defenses whose features are drawn
+per_group = 0  # images per group (clean target, triggered, other classes); 0 means the default
+
+# %%
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from purify_lib import analysis
+from purify_lib.cli import parse_specs
+from purify_lib.run import Run
+
+ALL = ["ft", "lp", "fe_tuning", "ft_init", "fst", "nft", "d3"]
+DEFAULTS = {
+    "smoke": dict(victims=["blended:0.1"], methods=["ft", "fst"], per_group=40),
+    "cpu": dict(victims=["blended:0.1", "blended:0.05"], methods=ALL, per_group=200),
+    "paper": dict(victims=["blended:0.1", "blended:0.01"], methods=ALL, per_group=500),
+}
+run = Run("02_feature_shift", profile, device, seed)
+s = run.settings(DEFAULTS, victims=victims, methods=methods, per_group=per_group)
+
+# %% [markdown]
+# ## Features of the victim and of each purified model
+#
+# FT, LP, FE-tuning, FT-init and FST at FST's settings; NFT and D3 at theirs (all cached, shared with the
+# other notebooks). Every model embeds the same images.
+
+# %%
+embeddings, rows = [], []
+for attack, rate in parse_specs(s["victims"]):
+    victim = run.victim(attack, rate)
+    groups = analysis.feature_groups(victim, s["per_group"], seed)
+    models = {"victim": (victim.model, None)}
+    for method in s["methods"]:
+        result = run.defend(victim, method)
+        models[method] = (result.model, result)
+    for name, (model, result) in models.items():
+        features = {group: analysis.penultimate(model, images.images) for group, images in groups.items()}
+        row = run.row(victim, result) if result is not None else run.row(victim)
+        row.update(model=name, separability=analysis.separability(features["triggered"], features["clean target"], seed=seed))
+        rows.append(row)
+        points = analysis.tsne(np.concatenate(list(features.values())), seed)
+        labels = np.repeat(list(features), [len(f) for f in features.values()])
+        embeddings.append(pd.DataFrame({"x": points[:, 0], "y": points[:, 1], "group": labels, "model": name, "victim": f"{attack} {rate:g}"}))
+scores = pd.DataFrame(rows)[["attack", "rate", "backdoored", "model", "acc", "asr", "separability"]]
+run.table(scores, "feature_shift_separability",
+          "Linear-probe accuracy (%) separating triggered from clean target-class features (50 = entangled), with ACC/ASR.")
+scores.round(1)
+
+# %%
+points = pd.concat(embeddings)
+grid = sns.relplot(data=points, x="x", y="y", hue="group", row="victim", col="model", s=6, linewidth=0, alpha=0.7,
+                   height=2.1, aspect=1, facet_kws=dict(sharex=False, sharey=False), palette=["#0173b2", "#d55e00", "#bbbbbb"],
+                   hue_order=["clean target", "triggered", "other classes"])
+grid.set(xticks=[], yticks=[], xlabel="", ylabel="")
+grid.set_titles("{row_name} | {col_name}")
+for (victim_name, model_name), ax in grid.axes_dict.items():
+    sep = scores[(scores["model"] == model_name) & ((scores["attack"] + " " + scores["rate"].map("{:g}".format)) == victim_name)]["separability"]
+    ax.text(0.02, 0.02, f"sep {sep.iloc[0]:.0f}%", transform=ax.transAxes, fontsize=8)
+grid.figure.suptitle(f"Penultimate features (t-SNE), profile {run.profile.name}", y=1.02)
+run.figure(grid.figure, "feature_shift_tsne")
+
+# %% [markdown]
+# ## Do the paper's claims hold here?
+
+# %%
+learned = scores[scores["backdoored"]]
+sep = {(r.attack, r.rate, r.model): r.separability for r in learned.itertuples()}
+rates_seen = sorted({(a, r) for a, r, _ in sep}, key=lambda k: k[1])
+if len(rates_seen) >= 2:
+    (a_low, r_low), (a_high, r_high) = rates_seen[0], rates_seen[-1]
+    run.claims.check("Before defense, triggered and clean target features are less separable at the low rate than at the high rate (FST Fig. 3)",
+                     sep[(a_low, r_low, "victim")] < sep[(a_high, r_high, "victim")],
+                     f"victim separability {sep[(a_low, r_low, 'victim')]:.1f}% at {r_low:g} vs {sep[(a_high, r_high, 'victim')]:.1f}% at {r_high:g}")
+else:
+    run.claims.check("Before defense, features are less separable at the low rate than at the high rate (FST Fig. 3)", False,
+                     f"needs two backdoored victims at different rates; have {rates_seen}")
+a_low, r_low = rates_seen[0] if rates_seen else (None, None)
+low = {m: v for (a, r, m), v in sep.items() if (a, r) == (a_low, r_low)}
+shift = [low[m] for m in ("fe_tuning", "ft_init", "fst") if m in low]
+still = [low[m] for m in ("ft", "lp") if m in low]
+run.claims.check("At the low rate, feature-shift methods (FE-tuning, FT-init, FST) separate triggered from clean target features more than FT and LP (FST Fig. 4)",
+                 bool(shift and still) and np.mean(shift) > np.mean(still),
+                 "separability " + ", ".join(f"{m} {v:.1f}%" for m, v in low.items()))
+others = [m for m in ("nft", "d3") if m in low]
+run.claims.check("NFT and D3 also separate triggered from clean target features beyond the victim (NFT Fig. 1, D3 Fig. 4a)",
+                 bool(others) and all(low[m] > low["victim"] for m in others),
+                 ", ".join(f"{m} {low[m]:.1f}%" for m in ["victim", *others] if m in low))
+run.finish();

@@ -1,0 +1,125 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+
+# %% [markdown]
+# # 6. Every defense against every attack (the papers' main tables)
+#
+# **Question.** Do the four papers' methods (FST, NFT, D3, PAD-FT) purify victims that the simple
+# baselines cannot, at a small cost in clean accuracy and time? Each paper's main table answers this at
+# full scale on a GPU: FST's Table 2 at 5%, 1% and 0.5% poisoning, NFT's Table 1, D3's Table 1 and
+# PAD-FT's Table I at 10%. We run every defense against every victim under this run's profile, report
+# ACC, ASR, DER and wall time, and set the papers' published numbers beside ours, labelled as such.
+#
+# ![ASR and ACC after each defense, this run](../figures/main_table_heatmap.png)
+
+# %% tags=["parameters"]
+profile = ""  # smoke, cpu or paper; "" means $PURIFY_PROFILE, else cpu without a GPU and paper with one
+device = "auto"
+seed = 0
+victims = []  # "attack:rate"; empty means this section's default for the profile
+defenses = []  # names from purify_lib.defenses.DEFENSES
+
+# %%
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+from purify_lib import paper_tables
+from purify_lib.cli import parse_specs
+from purify_lib.defenses import DEFENSES
+from purify_lib.errors import choose
+from purify_lib.run import Run
+
+PAPERS = ["fst", "nft", "d3", "pad_ft"]
+DEFAULTS = {
+    "smoke": dict(victims=["blended:0.1"], defenses=["ft", "lp", *PAPERS]),
+    "cpu": dict(victims=["badnets:0.1", "blended:0.1", "sig:0.05", "blended:0.05", "blended:0.01"],
+                defenses=["ft", "lp", "fe_tuning", "ft_init", *PAPERS, "mmbd"]),
+    "paper": dict(victims=["badnets:0.1", "blended:0.1", "wanet:0.1", "lf:0.1", "sig:0.1", "badnets:0.05", "blended:0.05",
+                           "badnets:0.01", "blended:0.01", "badnets:0.005", "blended:0.005"], defenses=list(DEFENSES)),
+}
+run = Run("06_main_tables", profile, device, seed)
+s = run.settings(DEFAULTS, victims=victims, defenses=defenses)
+for name in s["defenses"]:
+    choose("defense", name, DEFENSES)
+
+# %% [markdown]
+# ## Our numbers
+
+# %%
+rows = []
+for attack, rate in parse_specs(s["victims"]):
+    victim = run.victim(attack, rate)
+    rows.append(run.row(victim))
+    for name in s["defenses"]:
+        rows.append(run.row(victim, run.defend(victim, name)))
+results = pd.DataFrame(rows)
+ft_time = results[results["defense"] == "ft"].set_index(["attack", "rate"])["seconds"]
+results["time vs FT"] = [r.seconds / ft_time.get((r.attack, r.rate), float("nan")) if r.seconds else None for r in results.itertuples()]
+learned = results[results["backdoored"] & (results["defense"] != "none")]
+averages = learned.groupby("defense", sort=False)[["acc", "asr", "ra", "der", "seconds", "time vs FT"]].mean().reset_index()
+averages.insert(0, "attack", "average (backdoored victims)")
+table = pd.concat([results, averages], ignore_index=True)
+run.table(table, "main_table", f"Every defense against every victim, profile {run.profile.name} (width {run.profile.width}, "
+          f"{run.profile.train_size or 'all'} training images); ACC/ASR/RA in %, DER in [0, 1], wall seconds on {run.device}.")
+table.round(2)
+
+# %%
+shown = results.assign(victim=results["attack"] + " " + results["rate"].map("{:g}".format) + results["backdoored"].map({True: "", False: " (not learned)"}))
+fig, axes = plt.subplots(1, 2, figsize=(13, 0.5 * shown["victim"].nunique() + 2.2))
+for ax, metric, cmap in zip(axes, ("asr", "acc"), ("rocket_r", "mako")):
+    grid = shown.pivot_table(index="victim", columns="defense", values=metric, sort=False)
+    sns.heatmap(grid[["none", *s["defenses"]]], annot=True, fmt=".0f", cmap=cmap, vmin=0, vmax=100, ax=ax, cbar=False)
+    ax.set(title=f"{metric.upper()} (%) after each defense", xlabel="", ylabel="")
+fig.suptitle(f"Profile {run.profile.name}")
+run.figure(fig, "main_table_heatmap")
+
+# %% [markdown]
+# ## Beside the published numbers
+#
+# Published values come from the papers' tables (`../shared/paper_tables`), ResNet-18-family models on
+# CIFAR-10, full data and a GPU: **they are the papers' numbers, not ours**, and this run's profile is
+# far smaller. Where a paper did not run a defense at a rate, the cell is empty.
+
+# %%
+published_rows = []
+frame = paper_tables.load()
+for attack, rate in parse_specs(s["victims"]):
+    for name in ["none", *s["defenses"]]:
+        for row in paper_tables.published(frame, attack, rate, name).itertuples():
+            published_rows.append({"attack": attack, "rate": rate, "defense": name, "source": f"{row.paper} Table {row.table} ({row.model})",
+                                   "published ACC": getattr(row, "ACC", None), "published ASR": getattr(row, "ASR", None)})
+published = pd.DataFrame(published_rows, columns=["attack", "rate", "defense", "source", "published ACC", "published ASR"])
+side_by_side = results[["attack", "rate", "defense", "acc", "asr"]].rename(columns={"acc": f"ACC ({run.profile.name})", "asr": f"ASR ({run.profile.name})"})
+side_by_side = side_by_side.merge(published, on=["attack", "rate", "defense"], how="left")
+run.table(side_by_side, "main_table_vs_published", f"This run (profile {run.profile.name}) beside the papers' published numbers (labelled, from their tables).")
+side_by_side.round(2)
+
+# %% [markdown]
+# ## Do the papers' claims hold here?
+
+# %%
+for name in [d for d in PAPERS if d in s["defenses"]]:
+    part = learned[learned["defense"] == name]
+    drops = [run.victims[(r.attack, r.rate)].metrics["acc"] - r.acc for r in part.itertuples()]
+    run.claims.check(f"{name}: mean ASR below 10% with a mean ACC drop under 5 points over the backdoored victims",
+                     not part.empty and part["asr"].mean() < 10 and sum(drops) / len(drops) < 5,
+                     f"mean ASR {part['asr'].mean():.1f}%, mean ACC drop {sum(drops) / max(len(drops), 1):.1f} points over {len(part)} victims")
+lowest = learned["rate"].min() if not learned.empty else None
+weak = learned[(learned["rate"] == lowest) & learned["defense"].isin(["ft", "lp"])]
+run.claims.check("FT and LP fail at the lowest backdoored rate (ASR stays above 20%)",
+                 not weak.empty and (weak["asr"] > 20).all(),
+                 ", ".join(f"{r.attack} {r.rate:g} {r.defense}: ASR {r.asr:.1f}%" for r in weak.itertuples()))
+run.finish();

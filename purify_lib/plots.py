@@ -1,0 +1,59 @@
+"""One look for every figure and table, and where they are written.
+
+``save_figure`` writes PNG and PDF, ``save_table`` CSV and Markdown, each atomically and each
+carrying the run record (commit, profile, parameters, versions; see ``report.run_record``).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+from .files import atomic_path
+
+PALETTE = "colorblind"
+
+
+def style() -> None:
+    """The project's figure style: seaborn's whitegrid, colour-blind palette, compact fonts."""
+    sns.set_theme(style="whitegrid", palette=PALETTE, context="paper", font_scale=1.1)
+    plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "savefig.bbox": "tight", "axes.titlesize": "medium"})
+
+
+def save_figure(fig, name: str, folder: str | Path, record: dict | None = None) -> list[Path]:
+    """Write ``fig`` as ``<folder>/<name>.png`` and ``.pdf``, the run record in each file's metadata."""
+    folder = Path(folder)
+    meta = json.dumps(record or {}, sort_keys=True, default=str)
+    paths = []
+    for suffix, metadata in ((".png", {"Software": "purify", "Description": meta}), (".pdf", {"Creator": "purify", "Subject": meta})):
+        path = folder / f"{name}{suffix}"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=suffix[1:], metadata=metadata)
+        paths.append(path)
+    return paths
+
+
+def markdown(frame: pd.DataFrame, digits: int = 1) -> str:
+    """A GitHub Markdown table (floats rounded), without needing ``tabulate``."""
+    def cell(value):
+        return f"{value:.{digits}f}" if isinstance(value, float) else ("" if value is None else str(value))
+
+    head = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([head, rule, *rows]) + "\n"
+
+
+def save_table(frame: pd.DataFrame, name: str, folder: str | Path, caption: str = "", record: dict | None = None) -> list[Path]:
+    """Write ``frame`` as ``<folder>/<name>.csv`` and ``.md`` (caption above, run record below)."""
+    folder = Path(folder)
+    csv, md = folder / f"{name}.csv", folder / f"{name}.md"
+    with atomic_path(csv) as tmp:
+        frame.to_csv(tmp, index=False)
+    footer = f"\n<!-- run record: {json.dumps(record, sort_keys=True, default=str)} -->\n" if record else ""
+    with atomic_path(md) as tmp:
+        tmp.write_text((f"{caption}\n\n" if caption else "") + markdown(frame) + footer)
+    return [csv, md]

@@ -1,0 +1,92 @@
+"""Where a run's outputs go, the record every output carries, and the claim checks that close
+each notebook.
+
+- Figures of the ``cpu`` profile go to ``figures/`` (committed); other profiles' to
+  ``<build>/figures/<profile>``.  ``<build>`` is ``$PURIFY_BUILD``, else ``build/`` in the checkout.
+- ``run_record`` is what makes a result reproducible: commit, versions, device, profile,
+  parameters, seeds and the hashes of the victims used.
+- ``Claims`` prints PASS or what differed for each claim, and saves the verdicts as JSON for
+  ``run_all.py``'s summary.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .files import atomic_path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+BUILD_ENV = "PURIFY_BUILD"
+
+
+def build_dir() -> Path:
+    return Path(os.environ.get(BUILD_ENV, PROJECT_ROOT / "build"))
+
+
+def figures_dir(profile: str) -> Path:
+    """``figures/`` for the committed cpu profile; ``<build>/figures/<profile>`` otherwise."""
+    folder = PROJECT_ROOT / "figures" if profile == "cpu" and BUILD_ENV not in os.environ else build_dir() / "figures" / profile
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def git_commit() -> str:
+    """The checkout's commit, with ``+dirty`` when tracked files differ from it; ``unknown`` outside git."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run_record(notebook: str, profile, parameters: dict, victims=(), device=None) -> dict:
+    """Everything needed to reproduce this run's outputs."""
+    import numpy
+    import sklearn
+    import torchvision
+
+    return {
+        "notebook": notebook,
+        "commit": git_commit(),
+        "profile": profile.name,
+        "profile_settings": {k: v for k, v in asdict(profile).items() if k != "defense_settings"},
+        "parameters": parameters,
+        "device": str(device) if device is not None else None,
+        "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "torchvision": torchvision.__version__,
+                     "numpy": numpy.__version__, "scikit-learn": sklearn.__version__, "platform": platform.platform()},
+        "victims": {f"{v.attack.name if v.attack else 'clean'}:{v.poison_rate:g}": {"key": v.record["key"], "sha256": v.record["sha256"]}
+                    for v in victims},
+    }
+
+
+class Claims:
+    """A notebook's verdicts on its paper's claims, computed on the numbers it just produced."""
+
+    def __init__(self, notebook: str, profile: str, record: dict | None = None):
+        self.notebook, self.profile, self.record = notebook, profile, record or {}
+        self.rows: list[dict] = []
+
+    def check(self, claim: str, passed: bool, measured: str) -> bool:
+        self.rows.append({"claim": claim, "passed": bool(passed), "measured": measured})
+        return bool(passed)
+
+    def report(self) -> list[dict]:
+        """Print each claim as PASS or DIFFERS with what was measured; save them for run_all."""
+        for row in self.rows:
+            print(f"{'PASS   ' if row['passed'] else 'DIFFERS'}  {row['claim']}\n         measured: {row['measured']}")
+        passed = sum(row["passed"] for row in self.rows)
+        print(f"\n{passed} of {len(self.rows)} claims reproduced under profile {self.profile!r}.")
+        path = build_dir() / "claims" / f"{self.notebook}.{self.profile}.json"
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps({"notebook": self.notebook, "profile": self.profile, "claims": self.rows,
+                                       "record": self.record}, indent=1, default=str))
+        return self.rows

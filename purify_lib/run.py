@@ -1,0 +1,92 @@
+"""What a notebook needs around its science: profile, device, victims, defenses, outputs, claims.
+
+A notebook starts with ``run = Run("01_fine_tuning", profile, device, seed, **parameters)`` and
+then asks ``run.victim(...)`` and ``run.defend(...)`` (both cached), saves with
+``run.figure(...)`` / ``run.table(...)`` and ends with ``run.claims.check(...)`` and
+``run.finish()``.  Every output carries the run record and is listed in the folder's manifest.
+"""
+from __future__ import annotations
+
+import json
+
+from filelock import FileLock
+
+from . import plots
+from .defenses import defend
+from .files import atomic_path
+from .metrics import der, pick_device
+from .profiles import get_profile
+from .report import Claims, figures_dir, run_record
+from .zoo import get_victim
+
+
+class Run:
+    def __init__(self, notebook: str, profile: str = "", device: str = "auto", seed: int = 0, **parameters):
+        self.notebook = notebook
+        self.profile = get_profile(profile or None)
+        self.device = pick_device(device)
+        self.seed = seed
+        self.parameters = {"profile": self.profile.name, "device": device, "seed": seed, **parameters}
+        self.figures = figures_dir(self.profile.name)
+        self.victims: dict = {}
+        self.claims = Claims(notebook, self.profile.name)
+        plots.style()
+        print(f"{notebook}: profile {self.profile.name} (width {self.profile.width}, {self.profile.train_size or 'all'} training images, "
+              f"{self.profile.recipe.epochs} epochs), device {self.device}, outputs in {self.figures}")
+
+    def victim(self, attack: str, rate: float):
+        """The zoo's victim (trained once, then loaded), remembered for the run record."""
+        key = (attack, rate)
+        if key not in self.victims:
+            self.victims[key] = get_victim(attack, rate, self.profile, split_seed=self.seed, device=self.device, progress=False)
+        return self.victims[key]
+
+    def defend(self, victim, name: str, **params):
+        """``defenses.defend`` with this run's profile and seed; results are cached beside the zoo."""
+        params.setdefault("seed", self.seed)
+        return defend(victim, name, self.profile, **params)
+
+    def settings(self, defaults: dict, **given) -> dict:
+        """Each parameter as given, or, when left empty (``[]``, ``""``, ``0``, ``None``), this section's default for the profile."""
+        chosen = {name: value if value not in (None, "", 0, [], ()) else defaults[self.profile.name][name] for name, value in given.items()}
+        self.parameters.update(chosen)
+        return chosen
+
+    def row(self, victim, result=None, **labels) -> dict:
+        """One table row: the victim, the defense (or none), final ACC/ASR/RA, DER and wall time."""
+        before = victim.metrics
+        after = result.history[-1] if result is not None else before
+        return {"attack": victim.attack.name, "rate": victim.poison_rate, "backdoored": victim.backdoored,
+                "defense": result.method if result is not None else "none", **labels,
+                "acc": after["acc"], "asr": after["asr"], "ra": after["ra"],
+                "der": der(before, after) if result is not None else None,
+                "seconds": result.seconds if result is not None else None}
+
+    def record(self) -> dict:
+        return run_record(self.notebook, self.profile, self.parameters, self.victims.values(), self.device)
+
+    def figure(self, fig, name: str):
+        paths = plots.save_figure(fig, name, self.figures, self.record())
+        self._manifest(paths)
+        return paths
+
+    def table(self, frame, name: str, caption: str = ""):
+        paths = plots.save_table(frame, name, self.figures, caption, self.record())
+        self._manifest(paths)
+        return paths
+
+    def _manifest(self, paths) -> None:
+        """Say which notebook, profile and commit made each file, in ``manifest.json`` beside them."""
+        manifest = self.figures / "manifest.json"
+        record = self.record()
+        with FileLock(str(self.figures / ".manifest.lock")):
+            entries = json.loads(manifest.read_text()) if manifest.exists() else {}
+            for path in paths:
+                entries[path.name] = {"notebook": self.notebook, "profile": self.profile.name, "commit": record["commit"]}
+            with atomic_path(manifest) as tmp:
+                tmp.write_text(json.dumps(dict(sorted(entries.items())), indent=1) + "\n")
+
+    def finish(self):
+        """Print each claim's verdict and save them with the run record."""
+        self.claims.record = self.record()
+        return self.claims.report()

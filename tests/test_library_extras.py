@@ -1,0 +1,121 @@
+"""The defense cache, the analysis measurements, the published-number lookup and the run record."""
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from purify_lib import analysis
+from purify_lib.defenses import defend
+from purify_lib.models import make_model
+from purify_lib.train import Recipe
+from purify_lib.zoo import get_victim
+
+TINY = dict(profile="smoke", width=4, train_size=300, test_size=100, progress=False)
+
+
+@pytest.fixture
+def victim(isolated_cache):
+    return get_victim("badnets", 0.1, recipe=Recipe(epochs=1, batch_size=100, lr=0.05, schedule="onecycle"), **TINY)
+
+
+def same_weights(a, b):
+    return all(torch.equal(x.cpu(), y.cpu()) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@pytest.mark.parametrize("name, params", [("ft", dict(epochs=1)), ("mmbd", dict(epochs=1))])  # mmbd: a model with clipping layers
+def test_second_defense_call_is_a_cache_hit(victim, isolated_cache, name, params):
+    first = defend(victim, name, **params)
+    second = defend(victim, name, **params)
+    assert not first.cache_hit and second.cache_hit
+    assert same_weights(first.model, second.model)
+    assert second.history == json.loads(json.dumps(first.history)) and second.params == first.params
+    x = victim.splits.test.images[:20].float() / 255
+    assert torch.equal(first.model(x).argmax(1), second.model(x).argmax(1))
+    other = defend(victim, name, lr=0.05, **params) if name == "ft" else defend(victim, name, c=0.3, **params)
+    assert not other.cache_hit  # any changed setting is a different entry
+
+
+def test_tampered_cached_defense_is_run_again(victim, isolated_cache):
+    first = defend(victim, "lp", epochs=1)
+    checkpoint = next((isolated_cache / "defended").glob("*--lp-*.pt"))
+    checkpoint.write_bytes(checkpoint.read_bytes()[:-10])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = defend(victim, "lp", epochs=1)
+    assert not again.cache_hit and any("unusable" in str(w.message) for w in caught)
+    assert same_weights(first.model, again.model)  # seeded: the rerun reproduces the result
+
+
+def test_cache_off_runs_every_time(victim, isolated_cache):
+    assert not defend(victim, "lp", epochs=1, cache=False).cache_hit
+    assert not (isolated_cache / "defended").exists()
+
+
+def test_interpolation_ends_and_weight_change():
+    torch.manual_seed(0)
+    start, end = make_model("preactresnet18", 10, width=4), make_model("preactresnet18", 10, width=4)
+    assert same_weights(analysis.interpolate(start, end, 0.0), start)
+    at_one = analysis.interpolate(start, end, 1.0)
+    for (name, a), b in zip(at_one.state_dict().items(), end.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    middle = analysis.interpolate(start, end, 0.5)
+    head = dict(middle.named_parameters())["head.weight"]
+    assert torch.allclose(head, (dict(start.named_parameters())["head.weight"] + dict(end.named_parameters())["head.weight"]) / 2)
+    assert np.abs(analysis.weight_change(start, start)).max() == 0
+    head_only = analysis.weight_change(start, end, ["head"])
+    assert head_only.size == 10 * start.head.in_features + 10  # weight and bias
+
+
+def test_separability_tells_apart_separate_groups_only():
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 1, (100, 16))
+    assert analysis.separability(a, rng.normal(3, 1, (100, 16))) > 95
+    assert analysis.separability(a, rng.normal(0, 1, (100, 16))) < 65
+
+
+def test_feature_groups_and_penultimate(victim):
+    groups = analysis.feature_groups(victim, per_group=10)
+    assert {len(g) for g in groups.values()} == {10}
+    target = victim.attack.target
+    assert (groups["clean target"].labels == target).all() and (groups["other classes"].labels != target).all()
+    assert (groups["triggered"].labels != target).all()  # triggered images keep their true, non-target labels
+    features = analysis.penultimate(victim.model, groups["triggered"].images)
+    assert features.shape == (10, victim.model.head.in_features)
+    assert analysis.tsne(np.random.default_rng(0).normal(size=(30, 8))).shape == (30, 2)
+
+
+def test_published_numbers_lookup():
+    from purify_lib import paper_tables
+
+    if paper_tables.tables_dir() is None:
+        pytest.skip("../shared/paper_tables is not beside this checkout")
+    frame = paper_tables.load()
+    d3 = paper_tables.published(frame, "badnets", 0.1, "d3")
+    assert set(d3["paper"]) == {"D3"} and (d3["ASR"] == 0.74).all()
+    pad = paper_tables.published(frame, "badnets", 0.1, "pad_ft")
+    assert pad["ASR"].tolist() == [6.62]
+    assert paper_tables.published(frame, "badnets", 0.1, "no_such_defense").empty
+    assert not frame["setting"].fillna("").str.contains("statistic=").any()
+
+
+def test_figure_and_claims_carry_the_run_record(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from purify_lib import plots, report
+
+    monkeypatch.setenv("PURIFY_BUILD", str(tmp_path))
+    assert report.figures_dir("cpu") == tmp_path / "figures" / "cpu"  # never the committed folder from tests
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    png, pdf = plots.save_figure(fig, "line", tmp_path, {"commit": "abc", "profile": "smoke"})
+    assert json.loads(Image.open(png).text["Description"]) == {"commit": "abc", "profile": "smoke"}
+    assert pdf.read_bytes().startswith(b"%PDF")
+    claims = report.Claims("nb", "smoke")
+    claims.check("a holds", True, "1")
+    claims.check("b holds", False, "2")
+    assert [row["passed"] for row in claims.report()] == [True, False]
+    saved = json.loads((tmp_path / "claims" / "nb.smoke.json").read_text())
+    assert [c["claim"] for c in saved["claims"]] == ["a holds", "b holds"]

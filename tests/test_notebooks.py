@@ -1,0 +1,119 @@
+"""Every notebook, end to end under the smoke profile: through run_all (papermill) and through nbval.
+
+The notebooks share one zoo for the session, as they do for a user: the papermill pass trains each
+victim and runs each defense once; the nbval pass then finds them cached.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jupytext
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import run_all  # noqa: E402
+
+NAMES = run_all.notebook_names()
+
+
+@pytest.fixture(scope="module")
+def smoke_env(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("smoke")
+    env = {"PURIFY_ZOO": str(folder / "zoo"), "PURIFY_BUILD": str(folder / "build"), "PURIFY_PROFILE": "smoke"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield folder
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def test_there_are_six_notebooks():
+    assert NAMES == ["01_fine_tuning", "02_feature_shift", "03_nft_mixup", "04_distance", "05_data_purification", "06_main_tables"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_source_is_narrative_with_parameters_first_and_claims_last(name):
+    notebook = jupytext.read(ROOT / "notebooks" / f"{name}.py")
+    cells = notebook.cells
+    assert cells[0].cell_type == "markdown" and "**Question.**" in cells[0].source and "![" in cells[0].source
+    code = [c for c in cells if c.cell_type == "code"]
+    assert code[0].metadata.get("tags") == ["parameters"]
+    assert sum("parameters" in c.metadata.get("tags", []) for c in cells) == 1
+    assert "profile = " in code[0].source and "seed = " in code[0].source and "device = " in code[0].source
+    assert "run.claims.check(" in code[-1].source and "run.finish()" in code[-1].source
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_committed_source_round_trips_and_agrees_with_any_paired_ipynb(name):
+    source = ROOT / "notebooks" / f"{name}.py"
+    text = source.read_text()
+    assert jupytext.writes(jupytext.reads(text, fmt="py:percent"), fmt="py:percent") == text
+    paired = source.with_suffix(".ipynb")
+    if paired.exists():  # a JupyterLab user's paired copy must not drift from the committed source
+        assert jupytext.writes(jupytext.read(paired), fmt="py:percent") == text, f"{paired} differs from {source}; run jupytext --sync"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_runs_under_smoke_through_papermill(smoke_env, name):
+    result = run_all.execute(name, "smoke", {}, smoke_env / "build")
+    assert result["status"] == "ran", result.get("error")
+    executed = json.loads((smoke_env / "build" / "smoke" / f"{name}.ipynb").read_text())
+    assert any("parameters" in c["metadata"].get("tags", []) for c in executed["cells"])
+    assert any("injected-parameters" in c["metadata"].get("tags", []) for c in executed["cells"])
+    assert result["claims"], "the closing cell checked no claim"
+    stamp = json.loads((smoke_env / "build" / "smoke" / f"{name}.done.json").read_text())
+    assert stamp["outputs"] and all(file.endswith((".png", ".pdf", ".csv", ".md")) for file in stamp["outputs"])
+    figures = smoke_env / "build" / "figures" / "smoke"
+    manifest = json.loads((figures / "manifest.json").read_text())
+    for file in stamp["outputs"]:
+        assert manifest[file]["notebook"] == name and manifest[file]["profile"] == "smoke"
+    # Nothing changed: the second call skips it.
+    assert run_all.execute(name, "smoke", {}, smoke_env / "build")["status"] == "unchanged"
+
+
+def test_a_missing_output_or_stamp_means_rerun(smoke_env):
+    name = NAMES[0]
+    build = smoke_env / "build"
+    stamp = build / "smoke" / f"{name}.done.json"
+    if not stamp.exists():
+        pytest.skip("the papermill test of this notebook did not run")
+    digest = run_all.input_digest(name, {"profile": "smoke"})
+    assert run_all.up_to_date(stamp, digest, name, "smoke")
+    assert not run_all.up_to_date(stamp, run_all.input_digest(name, {"profile": "smoke", "seed": 1}), name, "smoke")
+    output = next(iter(json.loads(stamp.read_text())["outputs"]))
+    figure = smoke_env / "build" / "figures" / "smoke" / output
+    saved = figure.read_bytes()
+    figure.write_bytes(saved[: len(saved) // 2])  # a half-written figure is not a finished one
+    assert not run_all.up_to_date(stamp, digest, name, "smoke")
+    figure.write_bytes(saved)
+    stamp.write_text("{")  # an interrupted stamp write
+    assert not run_all.up_to_date(stamp, digest, name, "smoke")
+
+
+def test_nbval_lax_on_converted_notebooks(smoke_env, tmp_path):
+    for name in NAMES:
+        jupytext.write(jupytext.read(ROOT / "notebooks" / f"{name}.py"), tmp_path / f"{name}.ipynb")
+    result = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+                            capture_output=True, text=True, cwd=ROOT / "notebooks", env=os.environ.copy())
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and " failed" not in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--profile", "huge"], "error: unknown profile 'huge'; allowed: cpu, paper, smoke"),
+    (["--only", "99"], "error: unknown notebook '99'; allowed: 01_fine_tuning"),
+    (["-p", "seed"], "error: parameter 'seed' is not name=value"),
+])
+def test_run_all_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    env = {**os.environ, "PURIFY_BUILD": str(tmp_path / "build"), "PURIFY_ZOO": str(tmp_path / "zoo")}
+    result = subprocess.run([sys.executable, str(ROOT / "run_all.py"), *args], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+    assert not (tmp_path / "build").exists() and not (tmp_path / "zoo").exists()
