@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import zipfile
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 from .errors import PurifyError
-from .files import atomic_path
+from .files import atomic_path, sha256_file
 
 DATA_ENV = "PURIFY_DATA"
 CACHE_ENV = "PURIFY_CACHE"
@@ -125,12 +126,29 @@ def _find_source(name: str, root) -> Path | str:
 
 
 def _source_tag(source) -> str:
+    """A name for the data source that depends on its content, not on where or when it was copied.
+
+    A zip (or any file) is tagged by the SHA-256 of its bytes, remembered per path, size and
+    mtime so it is hashed once; a folder by its files' relative paths and sizes.  So the same
+    CIFAR-10 copy gives the same victim keys on every machine and after every re-provisioning.
+    """
     if source == "torchvision-download":
         return "torchvision"
     path = Path(source).resolve()
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(f"{file.relative_to(path).as_posix()}|{file.stat().st_size}\n".encode())
+        return f"{path.name}-{digest.hexdigest()[:12]}"
     stat = path.stat()
-    digest = hashlib.sha256(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    return f"{path.stem}-{digest}"
+    memo_file = cache_dir() / "data" / "source-tags.json"
+    memo_key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    memo = json.loads(memo_file.read_text()) if memo_file.exists() else {}
+    if memo_key not in memo:
+        memo[memo_key] = sha256_file(path)[:12]
+        with atomic_path(memo_file) as tmp:
+            tmp.write_text(json.dumps(memo, indent=1))
+    return f"{path.stem}-{memo[memo_key]}"
 
 
 def _decode(name: str, source) -> dict[str, np.ndarray]:

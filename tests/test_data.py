@@ -81,3 +81,20 @@ def test_missing_dataset_names_both_ways(tmp_path, monkeypatch):
 def test_unknown_dataset_fails():
     with pytest.raises(PurifyError, match="unknown dataset 'mnist'; allowed: cifar10, cifar100, gtsrb"):
         load_dataset("mnist")
+
+
+def test_source_tag_follows_content_not_path_or_time(tmp_path, monkeypatch):
+    """Victim keys must survive a re-provisioned or differently mounted copy of the same data."""
+    import os
+
+    from purify_lib.data import _source_tag
+
+    monkeypatch.setenv("PURIFY_CACHE", str(tmp_path / "cache"))
+    first, second = tmp_path / "a" / "cifar10-jpeg.zip", tmp_path / "b" / "cifar10-jpeg.zip"
+    for path in (first, second):
+        path.parent.mkdir()
+        path.write_bytes(b"same bytes")
+    os.utime(second, (1, 1))
+    assert _source_tag(first) == _source_tag(second)
+    second.write_bytes(b"other bytes")
+    assert _source_tag(first) != _source_tag(second)

@@ -12,11 +12,10 @@ from pathlib import Path
 import jupytext
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import run_all  # noqa: E402
+from purify_lib import runner
 
-NAMES = run_all.notebook_names()
+ROOT = Path(__file__).resolve().parents[1]
+NAMES = runner.notebook_names()
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +60,7 @@ def test_committed_source_round_trips_and_agrees_with_any_paired_ipynb(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_runs_under_smoke_through_papermill(smoke_env, name):
-    result = run_all.execute(name, "smoke", {}, smoke_env / "build")
+    result = runner.execute(name, "smoke")
     assert result["status"] == "ran", result.get("error")
     executed = json.loads((smoke_env / "build" / "smoke" / f"{name}.ipynb").read_text())
     assert any("parameters" in c["metadata"].get("tags", []) for c in executed["cells"])
@@ -74,7 +73,7 @@ def test_notebook_runs_under_smoke_through_papermill(smoke_env, name):
     for file in stamp["outputs"]:
         assert manifest[file]["notebook"] == name and manifest[file]["profile"] == "smoke"
     # Nothing changed: the second call skips it.
-    assert run_all.execute(name, "smoke", {}, smoke_env / "build")["status"] == "unchanged"
+    assert runner.execute(name, "smoke")["status"] == "unchanged"
 
 
 def test_a_missing_output_or_stamp_means_rerun(smoke_env):
@@ -83,17 +82,17 @@ def test_a_missing_output_or_stamp_means_rerun(smoke_env):
     stamp = build / "smoke" / f"{name}.done.json"
     if not stamp.exists():
         pytest.skip("the papermill test of this notebook did not run")
-    digest = run_all.input_digest(name, {"profile": "smoke"})
-    assert run_all.up_to_date(stamp, digest, name, "smoke")
-    assert not run_all.up_to_date(stamp, run_all.input_digest(name, {"profile": "smoke", "seed": 1}), name, "smoke")
+    digest = runner.input_digest(name, {"profile": "smoke"})
+    assert runner.up_to_date(stamp, digest, name, "smoke")
+    assert not runner.up_to_date(stamp, runner.input_digest(name, {"profile": "smoke", "seed": 1}), name, "smoke")
     output = next(iter(json.loads(stamp.read_text())["outputs"]))
     figure = smoke_env / "build" / "figures" / "smoke" / output
     saved = figure.read_bytes()
     figure.write_bytes(saved[: len(saved) // 2])  # a half-written figure is not a finished one
-    assert not run_all.up_to_date(stamp, digest, name, "smoke")
+    assert not runner.up_to_date(stamp, digest, name, "smoke")
     figure.write_bytes(saved)
     stamp.write_text("{")  # an interrupted stamp write
-    assert not run_all.up_to_date(stamp, digest, name, "smoke")
+    assert not runner.up_to_date(stamp, digest, name, "smoke")
 
 
 def test_nbval_lax_on_converted_notebooks(smoke_env, tmp_path):

@@ -1,0 +1,174 @@
+"""Executing notebooks: one function a local loop, a submitit job or a test can all call.
+
+``execute`` runs one notebook (a py:percent source read with jupytext, executed by papermill)
+unless it is up to date, and returns its status, time and claim verdicts.  A notebook is done
+only once its stamp (``<build>/<profile>/<label>.done.json``) exists; the stamp is written after
+the run finished and names the inputs it ran on and the SHA-256 of every output it wrote, so a
+failed, killed or half-written run is never taken for a finished one.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+from .report import BUILD_ENV, PROJECT_ROOT
+
+NOTEBOOKS = PROJECT_ROOT / "notebooks"
+LIBRARY = PROJECT_ROOT / "purify_lib"
+
+
+def notebook_names() -> list[str]:
+    return sorted(path.stem for path in NOTEBOOKS.glob("[0-9][0-9]_*.py"))
+
+
+def select(only: list[str] | None) -> list[str]:
+    """Notebooks named (or prefixed, like ``01``) by ``only``; all of them when empty."""
+    from .errors import PurifyError
+
+    names = notebook_names()
+    if not only:
+        return names
+    chosen = []
+    for wanted in only:
+        matches = [name for name in names if name == wanted or name.startswith(wanted + "_") or name.split("_")[0] == wanted]
+        if not matches:
+            raise PurifyError(f"unknown notebook {wanted!r}; allowed: {', '.join(names)} (or their number, e.g. 01)")
+        chosen += [m for m in matches if m not in chosen]
+    return chosen
+
+
+def parse_parameters(pairs: list[str]) -> dict:
+    """``name=value`` pairs; values are JSON (``seed=1``, ``victims=["badnets:0.1"]``), else plain strings."""
+    from .errors import PurifyError
+
+    parameters = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.isidentifier():
+            raise PurifyError(f"parameter {pair!r} is not name=value")
+        try:
+            parameters[name] = json.loads(value)
+        except json.JSONDecodeError:
+            parameters[name] = value
+    return parameters
+
+
+def expand_grid(pairs: list[str]) -> list[dict]:
+    """``["seed=[0,1]", "per_group=[50,100]"]`` -> the 4 points of their product (``[{}]`` without a grid)."""
+    from itertools import product
+
+    from .errors import PurifyError
+
+    axes = parse_parameters(pairs)
+    for name, values in axes.items():
+        if not isinstance(values, list) or not values:
+            raise PurifyError(f"grid axis {name}={values!r} must be a non-empty JSON list, e.g. {name}=[0,1]")
+    return [dict(zip(axes, combo)) for combo in product(*axes.values())] if axes else [{}]
+
+
+def point_label(name: str, parameters: dict) -> str:
+    """``name`` for a plain run; ``name@<hash of the parameters>`` for a point of a parameter grid."""
+    return f"{name}@{hashlib.sha256(json.dumps(parameters, sort_keys=True).encode()).hexdigest()[:8]}" if parameters else name
+
+
+def input_digest(name: str, parameters: dict) -> str:
+    """What a notebook's outputs depend on: its source, its parameters and the library's code."""
+    digest = hashlib.sha256((NOTEBOOKS / f"{name}.py").read_bytes())
+    digest.update(json.dumps(parameters, sort_keys=True).encode())
+    for path in sorted(LIBRARY.rglob("*.py")):
+        digest.update(path.relative_to(LIBRARY).as_posix().encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def outputs_of(name: str, profile: str) -> dict[str, str]:
+    """The files the manifest says ``name`` wrote under ``profile``, with their SHA-256."""
+    from .files import sha256_file
+    from .report import figures_dir
+
+    folder = figures_dir(profile)
+    manifest = folder / "manifest.json"
+    entries = json.loads(manifest.read_text()) if manifest.exists() else {}
+    return {file: sha256_file(folder / file) for file, entry in entries.items()
+            if entry["notebook"] == name and entry["profile"] == profile and (folder / file).exists()}
+
+
+def up_to_date(stamp: Path, digest: str, name: str, profile: str) -> bool:
+    if not stamp.exists():
+        return False
+    try:
+        done = json.loads(stamp.read_text())
+    except json.JSONDecodeError:
+        return False
+    return done.get("inputs") == digest and bool(done.get("outputs")) and outputs_of(name, profile) == done["outputs"]
+
+
+@contextlib.contextmanager
+def _build_for(point_build: Path | None):
+    """Send a grid point's figures, claims and notebook to its own build folder (the kernel inherits it)."""
+    if point_build is None:
+        yield
+        return
+    saved = os.environ.get(BUILD_ENV)
+    os.environ[BUILD_ENV] = str(point_build)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(BUILD_ENV, None)
+        else:
+            os.environ[BUILD_ENV] = saved
+
+
+def execute(name: str, profile: str, parameters: dict | None = None, point: dict | None = None, force: bool = False,
+            check_only: bool = False) -> dict:
+    """Run one notebook under ``profile`` (unless up to date); return its status, time and claim verdicts.
+
+    ``parameters`` go to papermill; ``point`` (a grid point's parameters) too, and its outputs go
+    to ``<build>/grid/<name>@<hash>/`` so that points never overwrite each other.  With
+    ``check_only`` nothing runs: the status is ``unchanged`` or ``pending``.  A plain
+    module-level function, so a submitit job runs exactly this.
+    """
+    import jupytext
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    from .files import atomic_path
+    from .report import build_dir
+
+    point = point or {}
+    label = point_label(name, point)
+    all_parameters = {"profile": profile, **(parameters or {}), **point}
+    with _build_for(build_dir() / "grid" / label if point else None):
+        build = build_dir()
+        digest = input_digest(name, all_parameters)
+        folder = build / profile
+        stamp, output = folder / f"{name}.done.json", folder / f"{name}.ipynb"
+        result = {"notebook": label, "parameters": all_parameters, "build": str(build)}
+        if not force and up_to_date(stamp, digest, name, profile):
+            return {**result, "status": "unchanged", "seconds": 0.0, "claims": json.loads(stamp.read_text()).get("claims", [])}
+        if check_only:
+            return {**result, "status": "pending", "seconds": 0.0, "claims": []}
+        stamp.unlink(missing_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        claims_file = build / "claims" / f"{name}.{profile}.json"
+        claims_file.unlink(missing_ok=True)
+        started = time.perf_counter()
+        try:
+            papermill.execute_notebook(jupytext.read(NOTEBOOKS / f"{name}.py"), str(output), parameters=all_parameters,
+                                       cwd=str(NOTEBOOKS), progress_bar=False, kernel_name="python3")
+        except PapermillExecutionError as error:
+            return {**result, "status": "failed", "seconds": time.perf_counter() - started, "output": str(output),
+                    "error": f"cell {error.cell_index} (execution count {error.exec_count}): {error.ename}: {error.evalue}"}
+        except Exception as error:  # a dead kernel, an unreadable notebook: report it, do not stop the others
+            return {**result, "status": "failed", "seconds": time.perf_counter() - started, "output": str(output),
+                    "error": f"{type(error).__name__}: {error}"}
+        seconds = time.perf_counter() - started
+        claims = json.loads(claims_file.read_text())["claims"] if claims_file.exists() else []
+        with atomic_path(stamp) as tmp:
+            tmp.write_text(json.dumps({"inputs": digest, "parameters": all_parameters, "seconds": round(seconds, 1),
+                                       "outputs": outputs_of(name, profile), "claims": claims}, indent=1))
+        return {**result, "status": "ran", "seconds": seconds, "claims": claims}
