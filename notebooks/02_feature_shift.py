@@ -12,8 +12,6 @@
 # ---
 
 # %% [markdown]
-
-# %% [markdown]
 # # 2. Feature shift, seen and measured (FST Figs. 3–4, NFT Fig. 1, D3 Fig. 4a)
 #
 # **Question.** FST explains the failure of fine-tuning at low poisoning rates through the features the
@@ -109,15 +107,16 @@ if len(rates_seen) >= 2:
 else:
     run.claims.check("Before defense, features are less separable at the low rate than at the high rate (FST Fig. 3)", False,
                      f"needs two backdoored victims at different rates; have {rates_seen}")
-a_low, r_low = rates_seen[0] if rates_seen else (None, None)
+# The low-rate claims need a backdoored victim below the highest rate; with one victim there is none.
+a_low, r_low = rates_seen[0] if len(rates_seen) >= 2 else (None, None)
 low = {m: v for (a, r, m), v in sep.items() if (a, r) == (a_low, r_low)}
 shift = [low[m] for m in ("fe_tuning", "ft_init", "fst") if m in low]
 still = [low[m] for m in ("ft", "lp") if m in low]
 run.claims.check("At the low rate, feature-shift methods (FE-tuning, FT-init, FST) separate triggered from clean target features more than FT and LP (FST Fig. 4)",
                  bool(shift and still) and np.mean(shift) > np.mean(still),
-                 "separability " + ", ".join(f"{m} {v:.1f}%" for m, v in low.items()))
+                 "separability " + ", ".join(f"{m} {v:.1f}%" for m, v in low.items()) if low else "no backdoored low-rate victim")
 others = [m for m in ("nft", "d3") if m in low]
 run.claims.check("NFT and D3 also separate triggered from clean target features beyond the victim (NFT Fig. 1, D3 Fig. 4a)",
                  bool(others) and all(low[m] > low["victim"] for m in others),
-                 ", ".join(f"{m} {low[m]:.1f}%" for m in ["victim", *others] if m in low))
+                 ", ".join(f"{m} {low[m]:.1f}%" for m in ["victim", *others] if m in low) or "no backdoored low-rate victim")
 run.finish();

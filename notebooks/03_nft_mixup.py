@@ -12,8 +12,6 @@
 # ---
 
 # %% [markdown]
-
-# %% [markdown]
 # # 3. NFT: the MixUp bound and the ablations (NFT §4.1, Table 7, Fig. 2)
 #
 # **Question.** Karim et al. ("Augmented Neural Fine-Tuning for Efficient Backdoor Purification", ECCV

@@ -12,8 +12,6 @@
 # ---
 
 # %% [markdown]
-
-# %% [markdown]
 # # 4. How far does purification have to go? (D3 Fig. 2, Fig. 4b, Tables 6–7; FST Fig. 5)
 #
 # **Question.** Wei, Liu and Zha ("Backdoor Mitigation by Distance-Driven Detoxification", D3) observe

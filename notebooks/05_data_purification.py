@@ -12,8 +12,6 @@
 # ---
 
 # %% [markdown]
-
-# %% [markdown]
 # # 5. Purifying the data before the model (PAD-FT)
 #
 # **Question.** PAD-FT (Xu, Gu, Sakurai) needs no clean data: it keeps, from the poisoned training set

@@ -12,8 +12,6 @@
 # ---
 
 # %% [markdown]
-
-# %% [markdown]
 # # 6. Every defense against every attack (the papers' main tables)
 #
 # **Question.** Do the four papers' methods (FST, NFT, D3, PAD-FT) purify victims that the simple

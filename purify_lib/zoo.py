@@ -4,9 +4,9 @@ Every notebook asks the zoo for its victims, so a victim is trained once per mac
 (or once per cluster, when ``PURIFY_ZOO`` points at a shared filesystem).  Each entry
 is ``<name>.pt`` (a state dict, loaded with ``weights_only=True``) and ``<name>.json``
 (the configuration, ACC/ASR/RA, training time, versions and the checkpoint's SHA-256).
-The JSON is written last and is what makes an entry exist; a checkpoint whose hash does
-not match its record is reported and rebuilt.  A file lock makes concurrent requests
-for one victim train it once.
+The JSON is written last and is what makes an entry exist; every training also adds a
+line to ``trained.log``.  A checkpoint whose hash does not match its record is reported
+and rebuilt.  A file lock makes concurrent requests for one victim train it once.
 """
 from __future__ import annotations
 
@@ -123,6 +123,9 @@ def get_victim(attack: str | None = "badnets", poison_rate: float = 0.1, profile
             if attack_obj is not None and attack_obj.needs_clean_model:
                 _attach_clean_model(attack_obj, profile, split_seed, folder, device, data_root, progress)
             record = _build(model, attack_obj, poison_rate, splits, profile, config, device, progress, weights, record_path)
+            # One line per training, so a shared zoo shows what was trained, where and when.
+            with open(folder / "trained.log", "a") as log:
+                log.write(f"{record['created']} {label} {record['train_seconds']}s host={platform.node()} pid={os.getpid()}\n")
     model.to(device).eval()
     victim = Victim(model, attack_obj, poison_rate, splits, record, weights, hit, profile)
     if attack_obj is not None and not victim.backdoored:
