@@ -37,9 +37,12 @@ def save_figure(fig, name: str, folder: str | Path, record: dict | None = None) 
 
 
 def markdown(frame: pd.DataFrame, digits: int = 1) -> str:
-    """A GitHub Markdown table (floats rounded), without needing ``tabulate``."""
+    """A GitHub Markdown table (floats rounded; NaN left empty), without needing ``tabulate``."""
     def cell(value):
-        return f"{value:.{digits}f}" if isinstance(value, float) else ("" if value is None else str(value))
+        if isinstance(value, float):
+            # Percentages to ``digits`` places; small numbers (rates, DER) to three significant digits.
+            return "" if value != value else f"{value:.{digits}f}" if abs(value) >= 1 or value == 0 else f"{value:.3g}"
+        return "" if value is None else str(value)
 
     head = "| " + " | ".join(map(str, frame.columns)) + " |"
     rule = "|" + "---|" * len(frame.columns)

@@ -119,3 +119,12 @@ def test_figure_and_claims_carry_the_run_record(tmp_path, monkeypatch):
     assert [row["passed"] for row in claims.report()] == [True, False]
     saved = json.loads((tmp_path / "claims" / "nb.smoke.json").read_text())
     assert [c["claim"] for c in saved["claims"]] == ["a holds", "b holds"]
+
+
+def test_markdown_keeps_small_numbers_readable():
+    import pandas as pd
+
+    from purify_lib.plots import markdown
+
+    table = markdown(pd.DataFrame({"rate": [0.005, 0.1], "acc": [76.23, float("nan")], "defense": ["ft", None]}))
+    assert table.splitlines()[2:] == ["| 0.005 | 76.2 | ft |", "| 0.1 |  |  |"]
