@@ -19,8 +19,8 @@
 # of feature space, and tuning that does not move the features (LP, FT) cannot pull them apart; methods
 # that shift the features (FE-tuning, FT-init, FST) can. NFT and D3 show similar pictures. We draw the
 # t-SNE of penultimate features for the victim and for each method, at a high and a low rate, and put the
-# claim in numbers: the accuracy of a linear probe telling triggered features from clean target-class
-# features (50% = entangled, 100% = separate).
+# claim in numbers: the silhouette score of triggered against clean target-class features (near 0 =
+# entangled, towards 1 = apart), computed in the full feature space, not in the t-SNE plane.
 #
 # ![t-SNE of penultimate features, this run](../figures/feature_shift_tsne.png)
 
@@ -45,7 +45,7 @@ from purify_lib.run import Run
 ALL = ["ft", "lp", "fe_tuning", "ft_init", "fst", "nft", "d3"]
 DEFAULTS = {
     "smoke": dict(victims=["blended:0.1"], methods=["ft", "fst"], per_group=40),
-    "cpu": dict(victims=["blended:0.1", "blended:0.05"], methods=ALL, per_group=200),
+    "cpu": dict(victims=["blended:0.1", "blended:0.01"], methods=ALL, per_group=200),
     "paper": dict(victims=["blended:0.1", "blended:0.01"], methods=ALL, per_group=500),
 }
 run = Run("02_feature_shift", profile, device, seed)
@@ -69,14 +69,14 @@ for attack, rate in parse_specs(s["victims"]):
     for name, (model, result) in models.items():
         features = {group: analysis.penultimate(model, images.images) for group, images in groups.items()}
         row = run.row(victim, result) if result is not None else run.row(victim)
-        row.update(model=name, separability=analysis.separability(features["triggered"], features["clean target"], seed=seed))
+        row.update(model=name, separation=analysis.separation(features["triggered"], features["clean target"]))
         rows.append(row)
         points = analysis.tsne(np.concatenate(list(features.values())), seed)
         labels = np.repeat(list(features), [len(f) for f in features.values()])
         embeddings.append(pd.DataFrame({"x": points[:, 0], "y": points[:, 1], "group": labels, "model": name, "victim": f"{attack} {rate:g}"}))
-scores = pd.DataFrame(rows)[["attack", "rate", "backdoored", "model", "acc", "asr", "separability"]]
-run.table(scores, "feature_shift_separability",
-          "Linear-probe accuracy (%) separating triggered from clean target-class features (50 = entangled), with ACC/ASR.")
+scores = pd.DataFrame(rows)[["attack", "rate", "backdoored", "model", "acc", "asr", "separation"]]
+run.table(scores, "feature_shift_separation",
+          "Silhouette score of triggered against clean target-class penultimate features (0 = entangled), with ACC/ASR in %.")
 scores.round(1)
 
 # %%
@@ -87,8 +87,8 @@ grid = sns.relplot(data=points, x="x", y="y", hue="group", row="victim", col="mo
 grid.set(xticks=[], yticks=[], xlabel="", ylabel="")
 grid.set_titles("{row_name} | {col_name}")
 for (victim_name, model_name), ax in grid.axes_dict.items():
-    sep = scores[(scores["model"] == model_name) & ((scores["attack"] + " " + scores["rate"].map("{:g}".format)) == victim_name)]["separability"]
-    ax.text(0.02, 0.02, f"sep {sep.iloc[0]:.0f}%", transform=ax.transAxes, fontsize=8)
+    sep = scores[(scores["model"] == model_name) & ((scores["attack"] + " " + scores["rate"].map("{:g}".format)) == victim_name)]["separation"]
+    ax.text(0.02, 0.02, f"silhouette {sep.iloc[0]:.2f}", transform=ax.transAxes, fontsize=8)
 grid.figure.suptitle(f"Penultimate features (t-SNE), profile {run.profile.name}", y=1.02)
 run.figure(grid.figure, "feature_shift_tsne")
 
@@ -97,13 +97,13 @@ run.figure(grid.figure, "feature_shift_tsne")
 
 # %%
 learned = scores[scores["backdoored"]]
-sep = {(r.attack, r.rate, r.model): r.separability for r in learned.itertuples()}
+sep = {(r.attack, r.rate, r.model): r.separation for r in learned.itertuples()}
 rates_seen = sorted({(a, r) for a, r, _ in sep}, key=lambda k: k[1])
 if len(rates_seen) >= 2:
     (a_low, r_low), (a_high, r_high) = rates_seen[0], rates_seen[-1]
     run.claims.check("Before defense, triggered and clean target features are less separable at the low rate than at the high rate (FST Fig. 3)",
                      sep[(a_low, r_low, "victim")] < sep[(a_high, r_high, "victim")],
-                     f"victim separability {sep[(a_low, r_low, 'victim')]:.1f}% at {r_low:g} vs {sep[(a_high, r_high, 'victim')]:.1f}% at {r_high:g}")
+                     f"victim silhouette {sep[(a_low, r_low, 'victim')]:.3f} at {r_low:g} vs {sep[(a_high, r_high, 'victim')]:.3f} at {r_high:g}")
 else:
     run.claims.check("Before defense, features are less separable at the low rate than at the high rate (FST Fig. 3)", False,
                      f"needs two backdoored victims at different rates; have {rates_seen}")
@@ -114,9 +114,9 @@ shift = [low[m] for m in ("fe_tuning", "ft_init", "fst") if m in low]
 still = [low[m] for m in ("ft", "lp") if m in low]
 run.claims.check("At the low rate, feature-shift methods (FE-tuning, FT-init, FST) separate triggered from clean target features more than FT and LP (FST Fig. 4)",
                  bool(shift and still) and np.mean(shift) > np.mean(still),
-                 "separability " + ", ".join(f"{m} {v:.1f}%" for m, v in low.items()) if low else "no backdoored low-rate victim")
+                 "silhouette " + ", ".join(f"{m} {v:.3f}" for m, v in low.items()) if low else "no backdoored low-rate victim")
 others = [m for m in ("nft", "d3") if m in low]
 run.claims.check("NFT and D3 also separate triggered from clean target features beyond the victim (NFT Fig. 1, D3 Fig. 4a)",
                  bool(others) and all(low[m] > low["victim"] for m in others),
-                 ", ".join(f"{m} {low[m]:.1f}%" for m in ["victim", *others] if m in low) or "no backdoored low-rate victim")
+                 ", ".join(f"{m} {low[m]:.3f}" for m in ["victim", *others] if m in low) or "no backdoored low-rate victim")
 run.finish();

@@ -36,22 +36,18 @@ def feature_groups(victim, per_group: int = 300, seed: int = 0) -> dict[str, Ima
             "other classes": test.subset(take(other_idx))}
 
 
-def separability(features_a: np.ndarray, features_b: np.ndarray, folds: int = 5, seed: int = 0) -> float:
-    """Cross-validated accuracy (%) of a linear probe telling two feature groups apart.
+def separation(features_a: np.ndarray, features_b: np.ndarray) -> float:
+    """Silhouette score of two feature groups: near 0 when they share one region (the backdoor's
+    features entangled with the clean target class), towards 1 when they sit apart.
 
-    50 means the groups share one region (the backdoor's features merged with the clean
-    target class); 100 means a linear boundary separates them.
+    (A linear probe is no measure here: in 100+ dimensions it separates 400 points of almost
+    any two groups, and scored 99-100% on every model we tried.)
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import cross_val_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from sklearn.metrics import silhouette_score
 
     x = np.concatenate([features_a, features_b])
     y = np.concatenate([np.zeros(len(features_a)), np.ones(len(features_b))])
-    probe = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
-    folds = max(2, min(folds, len(features_a), len(features_b)))
-    return 100 * float(cross_val_score(probe, x, y, cv=folds).mean())
+    return float(silhouette_score(x, y))
 
 
 def tsne(features: np.ndarray, seed: int = 0) -> np.ndarray:

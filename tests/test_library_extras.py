@@ -68,11 +68,11 @@ def test_interpolation_ends_and_weight_change():
     assert head_only.size == 10 * start.head.in_features + 10  # weight and bias
 
 
-def test_separability_tells_apart_separate_groups_only():
+def test_separation_tells_apart_separate_groups_only():
     rng = np.random.default_rng(0)
     a = rng.normal(0, 1, (100, 16))
-    assert analysis.separability(a, rng.normal(3, 1, (100, 16))) > 95
-    assert analysis.separability(a, rng.normal(0, 1, (100, 16))) < 65
+    assert analysis.separation(a, rng.normal(3, 1, (100, 16))) > 0.5
+    assert abs(analysis.separation(a, rng.normal(0, 1, (100, 16)))) < 0.05
 
 
 def test_feature_groups_and_penultimate(victim):
