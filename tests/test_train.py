@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -22,7 +24,12 @@ class Constant(torch.nn.Module):
 def test_metrics_on_constant_predictors(images):
     attack = make_attack("badnets")
     always_target = evaluate(Constant(0), images, attack)
-    assert always_target == pytest.approx({"acc": 10.0, "asr": 100.0, "ra": 0.0})
+    assert {k: always_target[k] for k in ("acc", "asr", "ra")} == pytest.approx({"acc": 10.0, "asr": 100.0, "ra": 0.0})
+    # One-hot logits: cross-entropy is log(9 + e) when wrong and one less when right. Triggered images are
+    # scored against their true (non-target) labels, so all are wrong; one clean image in ten is right.
+    wrong = math.log(9 + math.e)
+    assert always_target["backdoor_loss"] == pytest.approx(wrong, abs=1e-5)
+    assert always_target["clean_loss"] == pytest.approx(wrong - 0.1, abs=1e-5)
     always_three = Evaluator(images, attack)(Constant(3))
     assert always_three["asr"] == 0.0 and always_three["acc"] == pytest.approx(10.0)
     assert abs(always_three["ra"] - 100 / 9) < 1e-4  # class 3 is one of the nine non-target classes
