@@ -142,9 +142,13 @@ t_one = path["t"].iloc[np.abs(path["t"] - 1).argmin()]
 run.claims.check("Fine-tuning stays close to the backdoor: at t = 1 (the FT model) ASR is still above 20% (D3 Fig. 2)",
                  bool(backdoored) and all(at.loc[(v, t_one), "asr"] > 20 for v in backdoored),
                  ", ".join(f"{v}: ASR {at.loc[(v, t_one), 'asr']:.1f}% at t=1" for v in sorted(backdoored)))
-run.claims.check("Moving further along the FT direction raises the backdoor loss (t = 2 vs t = 1)",
-                 bool(backdoored) and all(at.loc[(v, 2.0), "backdoor_loss"] > at.loc[(v, t_one), "backdoor_loss"] for v in backdoored),
-                 ", ".join(f"{v}: {at.loc[(v, t_one), 'backdoor_loss']:.2f} -> {at.loc[(v, 2.0), 'backdoor_loss']:.2f}" for v in sorted(backdoored)))
+# Our backdoor loss scores triggered images against their TRUE labels, so a weaker backdoor shows
+# as a LOWER loss (D3 plots the loss against the target label, which rises instead).
+run.claims.check("Moving further along the FT direction weakens the backdoor: lower ASR and lower true-label loss on triggered images at t = 2 than at t = 1",
+                 bool(backdoored) and all(at.loc[(v, 2.0), "asr"] < at.loc[(v, t_one), "asr"]
+                                          and at.loc[(v, 2.0), "backdoor_loss"] < at.loc[(v, t_one), "backdoor_loss"] for v in backdoored),
+                 ", ".join(f"{v}: ASR {at.loc[(v, t_one), 'asr']:.1f}% -> {at.loc[(v, 2.0), 'asr']:.1f}%, loss {at.loc[(v, t_one), 'backdoor_loss']:.2f} -> {at.loc[(v, 2.0), 'backdoor_loss']:.2f}"
+                           for v in sorted(backdoored)))
 head = distances[distances["weights"] == "head"].pivot_table(index="victim", columns="method", values="l2 distance")
 run.claims.check("D3 moves the head much further from the victim than FT (D3 Fig. 4b)",
                  (head["D3"] > 2 * head["FT"]).all(), ", ".join(f"{v}: FT {r.FT:.2f}, D3 {r.D3:.2f}" for v, r in head.iterrows()))

@@ -59,11 +59,22 @@ def tsne(features: np.ndarray, seed: int = 0) -> np.ndarray:
 
 
 def interpolate(start: torch.nn.Module, end: torch.nn.Module, t: float) -> torch.nn.Module:
-    """``start + t * (end - start)`` for every parameter and float buffer (BatchNorm statistics too)."""
+    """``start + t * (end - start)`` for every parameter and float buffer (BatchNorm statistics too).
+
+    BatchNorm running variances move geometrically, ``start * (end / start) ** t``: the same
+    endpoints, but beyond ``t = 1`` a linear step can turn a variance negative (the normalised
+    activations, and every loss, become NaN), and a variance is a scale, not a location.
+    """
     model = copy.deepcopy(start)
     ends = dict(end.state_dict())
-    state = {name: value + t * (ends[name] - value) if value.is_floating_point() else value
-             for name, value in start.state_dict().items()}
+    state = {}
+    for name, value in start.state_dict().items():
+        if not value.is_floating_point():
+            state[name] = value
+        elif name.endswith("running_var"):
+            state[name] = value * (ends[name] / value) ** t
+        else:
+            state[name] = value + t * (ends[name] - value)
     model.load_state_dict(state)
     return model.eval()
 

@@ -68,6 +68,19 @@ def test_interpolation_ends_and_weight_change():
     assert head_only.size == 10 * start.head.in_features + 10  # weight and bias
 
 
+def test_extrapolation_keeps_batchnorm_variances_positive():
+    torch.manual_seed(0)
+    start, end = make_model("preactresnet18", 10, width=4), make_model("preactresnet18", 10, width=4)
+    with torch.no_grad():
+        for module in end.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_var.fill_(0.25)  # a linear step to t = 2 would give 1 + 2 (0.25 - 1) < 0
+    beyond = analysis.interpolate(start, end, 2.0)
+    variances = [m.running_var for m in beyond.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(torch.allclose(v, torch.full_like(v, 0.0625)) for v in variances)
+    assert torch.isfinite(beyond(torch.rand(4, 3, 32, 32))).all()
+
+
 def test_separation_tells_apart_separate_groups_only():
     rng = np.random.default_rng(0)
     a = rng.normal(0, 1, (100, 16))
