@@ -42,7 +42,7 @@ def markdown(frame: pd.DataFrame, digits: int = 1) -> str:
         if isinstance(value, float):
             # Percentages to ``digits`` places; small numbers (rates, DER) to three significant digits.
             return "" if value != value else f"{value:.{digits}f}" if abs(value) >= 1 or value == 0 else f"{value:.3g}"
-        return "" if value is None else str(value)
+        return "" if value is None else str(value).replace("|", "\\|")  # a bare pipe would split the cell
 
     head = "| " + " | ".join(map(str, frame.columns)) + " |"
     rule = "|" + "---|" * len(frame.columns)

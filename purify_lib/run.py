@@ -87,6 +87,12 @@ class Run:
                 tmp.write_text(json.dumps(dict(sorted(entries.items())), indent=1) + "\n")
 
     def finish(self):
-        """Print each claim's verdict and save them with the run record."""
+        """Print each claim's verdict and save them with the run record, and as ``claims_<notebook>`` beside the figures."""
+        import pandas as pd
+
         self.claims.record = self.record()
-        return self.claims.report()
+        rows = self.claims.report()
+        verdicts = pd.DataFrame([{"verdict": "PASS" if row["passed"] else "DIFFERS", "claim": row["claim"], "measured": row["measured"]}
+                                 for row in rows])
+        self.table(verdicts, f"claims_{self.notebook}", f"The paper's claims checked by {self.notebook} under profile {self.profile.name}.")
+        return rows

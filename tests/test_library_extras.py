@@ -141,3 +141,18 @@ def test_markdown_keeps_small_numbers_readable():
 
     table = markdown(pd.DataFrame({"rate": [0.005, 0.1], "acc": [76.23, float("nan")], "defense": ["ft", None]}))
     assert table.splitlines()[2:] == ["| 0.005 | 76.2 | ft |", "| 0.1 |  |  |"]
+    assert markdown(pd.DataFrame({"claim": ["a | b"]})).splitlines()[2] == "| a \\| b |"
+
+
+def test_finished_run_lists_its_verdicts_beside_its_figures(tmp_path, monkeypatch):
+    from purify_lib.run import Run
+
+    monkeypatch.setenv("PURIFY_BUILD", str(tmp_path))
+    run = Run("nb", "smoke")
+    run.claims.check("a holds", True, "1%")
+    run.claims.check("b holds", False, "2%")
+    run.finish()
+    table = (run.figures / "claims_nb.md").read_text().splitlines()
+    assert table[2:6] == ["| verdict | claim | measured |", "|---|---|---|", "| PASS | a holds | 1% |", "| DIFFERS | b holds | 2% |"]
+    manifest = json.loads((run.figures / "manifest.json").read_text())
+    assert manifest["claims_nb.md"]["notebook"] == "nb" and manifest["claims_nb.csv"]["profile"] == "smoke"
