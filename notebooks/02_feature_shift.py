@@ -114,7 +114,7 @@ a_low, r_low = rates_seen[0] if len(rates_seen) >= 2 else (None, None)
 low = {m: v for (a, r, m), v in sep.items() if (a, r) == (a_low, r_low)}
 shift = [low[m] for m in ("fe_tuning", "ft_init", "fst") if m in low]
 still = [low[m] for m in ("ft", "lp") if m in low]
-run.claims.check("At the low rate, feature-shift methods (FE-tuning, FT-init, FST) separate triggered from clean target features more than FT and LP (FST Fig. 4)",
+run.claims.check("At the low rate, feature-shift methods (FE-tuning, FT-init, FST) separate triggered from clean target features more than FT and LP, on average (FST Fig. 4)",
                  bool(shift and still) and np.mean(shift) > np.mean(still),
                  "silhouette " + ", ".join(f"{m} {v:.3f}" for m, v in low.items()) if low else "no backdoored low-rate victim")
 others = [m for m in ("nft", "d3") if m in low]

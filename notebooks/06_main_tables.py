@@ -78,7 +78,7 @@ table.round(2)
 
 # %%
 shown = results.assign(victim=results["attack"] + " " + results["rate"].map("{:g}".format) + results["backdoored"].map({True: "", False: " (not learned)"}))
-fig, axes = plt.subplots(1, 2, figsize=(13, 0.5 * shown["victim"].nunique() + 2.2))
+fig, axes = plt.subplots(1, 2, figsize=(13, 0.5 * shown["victim"].nunique() + 2.2), sharey=True)  # victim names once, on the left
 for ax, metric, cmap in zip(axes, ("asr", "acc"), ("rocket_r", "mako")):
     grid = shown.pivot_table(index="victim", columns="defense", values=metric, sort=False)
     sns.heatmap(grid[["none", *s["defenses"]]], annot=True, fmt=".0f", cmap=cmap, vmin=0, vmax=100, ax=ax, cbar=False)

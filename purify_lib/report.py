@@ -38,10 +38,14 @@ def figures_dir(profile: str) -> Path:
 
 
 def git_commit() -> str:
-    """The checkout's commit, with ``+dirty`` when tracked files differ from it; ``unknown`` outside git."""
+    """The checkout's commit, with ``+dirty`` when tracked files differ from it; ``unknown`` outside git.
+
+    ``figures/`` is left out of the comparison: it holds committed outputs that a run rewrites, so
+    counting it would mark every notebook after the first as dirty.
+    """
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)figures"], cwd=PROJECT_ROOT,
                                capture_output=True, text=True, check=True).stdout.strip()
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
