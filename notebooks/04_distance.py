@@ -143,7 +143,7 @@ run.claims.check("Fine-tuning stays close to the backdoor: at t = 1 (the FT mode
                  bool(backdoored) and all(at.loc[(v, t_one), "asr"] > 20 for v in backdoored),
                  ", ".join(f"{v}: ASR {at.loc[(v, t_one), 'asr']:.1f}% at t=1" for v in sorted(backdoored)))
 # Our backdoor loss scores triggered images against their TRUE labels, so a weaker backdoor shows
-# as a LOWER loss (D3 plots the loss against the target label, which rises instead).
+# as a LOWER loss; a loss against the target label would rise instead.
 run.claims.check("Moving further along the FT direction weakens the backdoor: lower ASR and lower true-label loss on triggered images at t = 2 than at t = 1",
                  bool(backdoored) and all(at.loc[(v, 2.0), "asr"] < at.loc[(v, t_one), "asr"]
                                           and at.loc[(v, 2.0), "backdoor_loss"] < at.loc[(v, t_one), "backdoor_loss"] for v in backdoored),

@@ -72,7 +72,9 @@ def interpolate(start: torch.nn.Module, end: torch.nn.Module, t: float) -> torch
         if not value.is_floating_point():
             state[name] = value
         elif name.endswith("running_var"):
-            state[name] = value * (ends[name] / value) ** t
+            # Floored so a dead channel's zero variance cannot turn the ratio into inf or NaN.
+            floor = torch.finfo(value.dtype).tiny
+            state[name] = torch.exp((1 - t) * value.clamp_min(floor).log() + t * ends[name].clamp_min(floor).log())
         else:
             state[name] = value + t * (ends[name] - value)
     model.load_state_dict(state)

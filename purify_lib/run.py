@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 from filelock import FileLock
 
 from . import plots
@@ -88,8 +89,6 @@ class Run:
 
     def finish(self):
         """Print each claim's verdict and save them with the run record, and as ``claims_<notebook>`` beside the figures."""
-        import pandas as pd
-
         self.claims.record = self.record()
         rows = self.claims.report()
         verdicts = pd.DataFrame([{"verdict": "PASS" if row["passed"] else "DIFFERS", "claim": row["claim"], "measured": row["measured"]}

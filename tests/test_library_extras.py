@@ -79,6 +79,10 @@ def test_extrapolation_keeps_batchnorm_variances_positive():
     variances = [m.running_var for m in beyond.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert all(torch.allclose(v, torch.full_like(v, 0.0625)) for v in variances)
     assert torch.isfinite(beyond(torch.rand(4, 3, 32, 32))).all()
+    with torch.no_grad():
+        next(m for m in start.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_var[0] = 0.0  # a dead channel
+    assert all(torch.isfinite(m.running_var).all() for m in analysis.interpolate(start, end, 0.5).modules()
+               if isinstance(m, torch.nn.BatchNorm2d))
 
 
 def test_separation_tells_apart_separate_groups_only():
