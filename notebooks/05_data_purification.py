@@ -117,8 +117,9 @@ paper_size = paper_size[paper_size["n_c"] == min(s["selection_sizes"], key=lambd
 run.claims.check("The low-SCE selection is nearly clean: under 1% poisons at N_c closest to the paper's 2500",
                  not paper_size.empty and (paper_size["poison share (%)"] < 1).all(),
                  ", ".join(f"{r['victim']}: {r['poisons kept']} of {r['N_c']} kept are poisons ({r['poison share (%)']:.1f}%; {r['target-class slots that are poisons (%)']:.0f}% of the target class's slots)" for _, r in paper_size.iterrows()))
-run.claims.check("PAD-FT removes the backdoor at every N_c tried (ASR < 10%, Table III)",
-                 first.backdoored and (ablation["asr"] < 10).all(), ", ".join(f"N_c {r.N_c}: ASR {r.asr:.1f}%" for r in ablation.itertuples()))
+# Table III's BadNets-10% ASR ranges from 8.8% (N_c 3000) to 16.1% (N_c 1000): under 10% only at 2000-3000.
+run.claims.check("PAD-FT keeps ASR within Table III's range at every N_c tried (at most 16.1%)",
+                 first.backdoored and (ablation["asr"] <= 16.1).all(), ", ".join(f"N_c {r.N_c}: ASR {r.asr:.1f}%" for r in ablation.itertuples()))
 pivot = comparison[comparison["backdoored"]].pivot_table(index="attack", columns="defense", values="asr")
 run.claims.check("Fine-tuning after clipping helps: PAD-FT's ASR is below PAD's on every victim",
                  not pivot.empty and (pivot["pad_ft"] < pivot["pad"]).all(),

@@ -211,8 +211,8 @@ FAST = {
 NOT_AT_THIS_SCALE = {
     "lp": "linear probing keeps the backdoored features; FST reports it failing too",
     "nft": "masks move (mean about 0.85) but ASR stays at 100% on this under-fitted victim",
-    "anp": "ASR stays at 100% after 60 of the paper's 2000 steps",
-    "ibau": "ASR stays at 100% after two of the five rounds",
+    "anp": "ASR stays above 90% after 60 of the paper's 2000 steps (and after 300, at eps 0.4 or 0.2)",
+    "ibau": "two rounds at lr 1e-4 leave ASR at 100%; at the authors' lr 1e-3 ASR falls only as ACC collapses (40% -> 14%)",
 }
 
 
@@ -233,7 +233,7 @@ def test_defense_lowers_asr_on_a_backdoored_model(backdoored, name):
     result = purify(name, victim, data, backdoored["evaluator"], **FAST[name], **extra)
     after = backdoored["evaluator"](result.model)
     before = backdoored["before"]
-    assert after["asr"] < before["asr"] - 20, f"{name}: ASR {before['asr']:.1f} -> {after['asr']:.1f}"
+    assert after["asr"] < before["asr"] - 20, f"{name}: ASR {before['asr']:.1f} -> {after['asr']:.1f} (ACC {before['acc']:.1f} -> {after['acc']:.1f})"
     assert result.history[-1]["asr"] == pytest.approx(after["asr"])
     assert result.seconds > 0
     for p_victim, p_original in zip(victim.parameters(), backdoored["model"].parameters()):

@@ -1,10 +1,14 @@
 """ANP, Adversarial Neuron Pruning (Wu & Wang, NeurIPS 2021).
 
 Every BatchNorm channel gets a mask ``m`` in [0, 1] and, during optimisation, a multiplicative
-perturbation: weight ``gamma * (m + delta)``, bias ``beta * (1 + xi)`` with ``|delta|, |xi| <= eps``.
-Each iteration takes one signed ascent step on the perturbations (maximising the loss), then
-a mask step on ``alpha * L_nat + (1 - alpha) * L_rob`` (Eq. 4).  Channels whose mask ends at
-or below ``threshold`` are pruned (BatchNorm weight set to zero).  Defaults: eps 0.4, alpha
+perturbation: weight ``gamma * (m + delta)``, bias ``beta * (1 + xi)``.  Each iteration draws
+``delta, xi`` uniformly from ``[-eps, eps]`` and takes one signed ascent step of size ``eps``
+on them (maximising the loss; as in the official code, the result is not clipped back, so a
+perturbation reaches up to ``2 eps``), then a mask step on ``alpha * L_nat + (1 - alpha) * L_rob``
+(Eq. 4).  Channels whose mask ends at or below ``threshold`` are pruned from the *original*
+model (BatchNorm weight set to zero), as the official code does: mask optimisation runs in
+train mode, so the copy it works on ends with BatchNorm statistics gathered under noise and
+masks, which are not the victim's.  Defaults: eps 0.4, alpha
 0.2, SGD lr 0.2 momentum 0.9 on the masks, 2000 iterations of batch 128, threshold 0.2 (the
 paper's).  BackdoorBench instead picks the threshold with the lowest *test* ASR, which needs
 test-time knowledge of the trigger; here the threshold is fixed.
@@ -38,7 +42,7 @@ def anp(model, data, evaluator=None, *, eps=0.4, alpha=0.2, lr=0.2, steps=2000, 
         seed=0, progress=False) -> Defended:
     """Adversarial neuron pruning (ANP Eq. 4, then pruning by threshold)."""
     params = dict(eps=eps, alpha=alpha, lr=lr, steps=steps, batch_size=batch_size, threshold=threshold, seed=seed)
-    model = copy.deepcopy(model)
+    original, model = model, copy.deepcopy(model)
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     if not norms:
         raise PurifyError(f"ANP prunes BatchNorm channels; {type(model).__name__} has none")
@@ -67,7 +71,7 @@ def anp(model, data, evaluator=None, *, eps=0.4, alpha=0.2, lr=0.2, steps=2000, 
         grads = torch.autograd.grad(F.cross_entropy(net(x), y), noises)
         with torch.no_grad():
             for noise, grad in zip(noises, grads):
-                noise.add_(eps * grad.sign()).clamp_(-eps, eps)
+                noise.add_(eps * grad.sign())
         rob = F.cross_entropy(net(x), y)
         set_noise(False)
         nat = F.cross_entropy(net(x), y)
@@ -85,22 +89,18 @@ def anp(model, data, evaluator=None, *, eps=0.4, alpha=0.2, lr=0.2, steps=2000, 
 
     def run():
         tune(model, data, masks, steps=steps, epochs=0, lr=lr, batch_size=batch_size, schedule="constant",
-                       step_fn=anp_step, after_step=clamp, evaluator=None, seed=seed, progress=progress, desc="anp")
-        set_noise(False)
-        final = [mask.detach().clone() for mask in masks]
-        for norm in norms:
-            parametrize.remove_parametrizations(norm, "bias", leave_parametrized=False)
-            parametrize.remove_parametrizations(norm, "weight", leave_parametrized=False)
+             step_fn=anp_step, after_step=clamp, evaluator=None, seed=seed, progress=progress, desc="anp")
+        pruned_model = copy.deepcopy(original)
         pruned = 0
         with torch.no_grad():
-            for norm, mask in zip(norms, final):
+            kept_norms = [m for m in pruned_model.modules() if isinstance(m, nn.BatchNorm2d)]
+            for norm, mask in zip(kept_norms, masks):
                 cut = mask <= threshold
                 norm.weight[cut] = 0.0
                 pruned += int(cut.sum())
-        frozen_except(model, list(model.parameters()))
-        return pruned, sum(len(m) for m in final)
+        return pruned_model, pruned, sum(len(m) for m in masks)
 
-    (pruned, total), seconds = timed(run)
+    (model, pruned, total), seconds = timed(run)
     if evaluator is not None:
         history.append({"epoch": 1, **evaluator(model)})
     return Defended(model.eval(), "anp", params, seconds, history, {"pruned": pruned, "channels": total})
