@@ -52,6 +52,15 @@ def git_commit() -> str:
         return "unknown"
 
 
+def machine() -> dict:
+    """Versions and the CPU facts that change float results: on CPU, the same seed and code give
+    the same weights only on the same processor with the same thread count."""
+    model_name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                       if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform(),
+            "cpu": model_name, "threads": torch.get_num_threads()}
+
+
 def run_record(notebook: str, profile, parameters: dict, victims=(), device=None) -> dict:
     """Everything needed to reproduce this run's outputs."""
     import numpy
@@ -65,8 +74,8 @@ def run_record(notebook: str, profile, parameters: dict, victims=(), device=None
         "profile_settings": {k: v for k, v in asdict(profile).items() if k != "defense_settings"},
         "parameters": parameters,
         "device": str(device) if device is not None else None,
-        "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "torchvision": torchvision.__version__,
-                     "numpy": numpy.__version__, "scikit-learn": sklearn.__version__, "platform": platform.platform()},
+        "versions": {**machine(), "torchvision": torchvision.__version__, "numpy": numpy.__version__,
+                     "scikit-learn": sklearn.__version__},
         "victims": {f"{v.attack.name if v.attack else 'clean'}:{v.poison_rate:g}": {"key": v.record["key"], "sha256": v.record["sha256"]}
                     for v in victims},
     }

@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import platform
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from .files import load_checkpoint, save_checkpoint
 from .metrics import evaluate, pick_device, triggered_test_set
 from .models import make_model
 from .profiles import Profile, get_profile
+from .report import machine
 from .train import train_model
 
 ZOO_ENV = "PURIFY_ZOO"
@@ -198,7 +198,7 @@ def _build(model, attack, poison_rate, splits, profile, config, device, progress
         "train_seconds": round(seconds, 1),
         "train_images": len(train_set),
         "device": str(device),
-        "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform()},
+        "versions": machine(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     return save_checkpoint(model, weights, record_path, record)
