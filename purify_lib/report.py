@@ -53,12 +53,14 @@ def git_commit() -> str:
 
 
 def machine() -> dict:
-    """Versions and the CPU facts that change float results: on CPU, the same seed and code give
-    the same weights only on the same processor with the same thread count."""
-    model_name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                       if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    """Versions, and the CPU facts that change float results: on CPU, a seed gives bit-identical
+    weights run after run on one processor and thread count, not necessarily across them."""
+    cpu = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")), cpu)
     return {"python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform(),
-            "cpu": model_name, "threads": torch.get_num_threads()}
+            "cpu": cpu, "threads": torch.get_num_threads()}
 
 
 def run_record(notebook: str, profile, parameters: dict, victims=(), device=None) -> dict:
