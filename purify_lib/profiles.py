@@ -35,7 +35,7 @@ class Profile:
 # The cpu profile cuts the long defense budgets to about a minute each at width 16; the
 # short ones (the FST family's 10 epochs, NAD, MM-BD) keep the papers' values.  NFT keeps its
 # code's 1000 steps (about two minutes here): at 300 steps BadNets-10% kept 91% ASR, at 1000 73%.
-# ANP keeps the paper's 2000 steps (about ten minutes here): at 200, BadNets-10% kept its ASR
+# ANP keeps the paper's 2000 steps (about eight minutes here): at 200, BadNets-10% kept its ASR
 # (95% -> 95%); at 2000, ASR fell from 90% to 43% on a retrained victim of the same key.
 CPU_DEFENSES = {
     "d3": {"epochs": 20},

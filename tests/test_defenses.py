@@ -207,7 +207,7 @@ FAST = {
 
 # These do not lower ASR on this victim at a CI budget.  On the cpu-profile BadNets-10% victim,
 # LP and NFT (1000 steps: ASR 90% -> 78%) fail too, while ANP needs its full 2000 steps (ASR 90%
-# -> 43%, ten minutes) and I-BAU its cpu budget (ASR 90% -> 0.1%); see the defenses issue's notes.
+# -> 43%, eight minutes) and I-BAU its cpu budget (ASR 90% -> 0.1%); see the defenses issue's notes.
 # They stay here as strict expected failures: the day one starts to pass, the test says so.
 NOT_AT_THIS_SCALE = {
     "lp": "linear probing keeps the backdoored features; FST reports it failing too",
