@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from ..errors import PurifyError
-from .base import Defended, frozen_except, timed, tune
+from .base import Defended, batch_norms, frozen_except, timed, tune
 
 
 class _Perturbed(nn.Module):
@@ -43,7 +43,7 @@ def anp(model, data, evaluator=None, *, eps=0.4, alpha=0.2, lr=0.2, steps=2000, 
     """Adversarial neuron pruning (ANP Eq. 4, then pruning by threshold)."""
     params = dict(eps=eps, alpha=alpha, lr=lr, steps=steps, batch_size=batch_size, threshold=threshold, seed=seed)
     original, model = model, copy.deepcopy(model)
-    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    norms = batch_norms(model)
     if not norms:
         raise PurifyError(f"ANP prunes BatchNorm channels; {type(model).__name__} has none")
     history = [{"epoch": 0, **evaluator(model)}] if evaluator is not None else []
@@ -93,8 +93,7 @@ def anp(model, data, evaluator=None, *, eps=0.4, alpha=0.2, lr=0.2, steps=2000, 
         pruned_model = copy.deepcopy(original)
         pruned = 0
         with torch.no_grad():
-            kept_norms = [m for m in pruned_model.modules() if isinstance(m, nn.BatchNorm2d)]
-            for norm, mask in zip(kept_norms, masks):
+            for norm, mask in zip(batch_norms(pruned_model), masks):
                 cut = mask <= threshold
                 norm.weight[cut] = 0.0
                 pruned += int(cut.sum())

@@ -123,6 +123,11 @@ def frozen_except(model, trainable) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if id(p) in keep]
 
 
+def batch_norms(model) -> list[torch.nn.BatchNorm2d]:
+    """The BatchNorm2d layers of ``model`` in module order (the channels NFT masks and ANP prunes)."""
+    return [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+
 def reinit_linear(layer: torch.nn.Linear, seed: int = 0) -> None:
     """PyTorch's default Linear init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias, seeded."""
     bound = 1 / math.sqrt(layer.in_features)

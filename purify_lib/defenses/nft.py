@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from ..errors import PurifyError, choose
-from .base import Defended, frozen_except, timed, tune
+from .base import Defended, batch_norms, frozen_except, timed, tune
 
 BOUNDS = ("exp", "linear", "constant", "none")
 
@@ -62,7 +62,7 @@ def nft(model, data, evaluator=None, *, steps=1000, lr=0.05, momentum=0.95, min_
                   mixup=mixup, mixup_alpha=mixup_alpha, bound=bound, schedule=schedule, seed=seed)
     choose("NFT schedule", schedule, ("cosine", "constant"))
     model = copy.deepcopy(model)
-    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    norms = batch_norms(model)
     if not norms:
         raise PurifyError(f"NFT masks BatchNorm channels; {type(model).__name__} has no BatchNorm2d layer")
     device = next(model.parameters()).device
