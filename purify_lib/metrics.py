@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import ImageSet, to_float
+from .precision import autocast
 
 
 def pick_device(device=None) -> torch.device:
@@ -15,15 +16,16 @@ def pick_device(device=None) -> torch.device:
 
 
 @torch.no_grad()
-def logits(model, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Float logits for uint8 images, computed on the model's device, returned on the CPU."""
+def logits(model, images: torch.Tensor, batch_size: int = 1000, precision: str | None = None) -> torch.Tensor:
+    """Float logits for uint8 images, computed on the model's device (under ``precision``'s
+    autocast), returned in fp32 on the CPU."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     outputs = []
     for start in range(0, len(images), batch_size):
         batch = to_float(images[start : start + batch_size].to(device)).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, enabled=device.type == "cuda"):
+        with autocast(device, precision):
             outputs.append(model(batch).float().cpu())
     model.train(was_training)
     return torch.cat(outputs) if outputs else torch.empty(0, 0)
@@ -46,7 +48,8 @@ def triggered_test_set(test: ImageSet, attack) -> ImageSet:
     return ImageSet(attack.apply(others.images), others.labels, others.indices)
 
 
-def evaluate(model, test: ImageSet, attack=None, triggered: ImageSet | None = None) -> dict[str, float]:
+def evaluate(model, test: ImageSet, attack=None, triggered: ImageSet | None = None,
+             precision: str | None = None) -> dict[str, float]:
     """ACC and mean clean cross-entropy on ``test``; with an attack, also ASR, RA (percent) and the
     backdoor loss on its triggered non-target images.
 
@@ -54,13 +57,13 @@ def evaluate(model, test: ImageSet, attack=None, triggered: ImageSet | None = No
     "ideal purification loss" (Sec. 4.1) and D3's backdoor loss (Fig. 2).  Pass ``triggered``
     (from ``triggered_test_set``) to avoid re-applying the trigger on every call.
     """
-    clean = logits(model, test.images)
+    clean = logits(model, test.images, precision=precision)
     result = {"acc": 100 * (clean.argmax(1) == test.labels).float().mean().item(),
               "clean_loss": F.cross_entropy(clean, test.labels).item()}
     if attack is not None or triggered is not None:
         triggered = triggered if triggered is not None else triggered_test_set(test, attack)
         target = attack.target if attack is not None else 0
-        backdoor = logits(model, triggered.images)
+        backdoor = logits(model, triggered.images, precision=precision)
         preds = backdoor.argmax(1)
         result["asr"] = 100 * (preds == target).float().mean().item()
         result["ra"] = 100 * (preds == triggered.labels).float().mean().item()

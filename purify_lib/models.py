@@ -47,7 +47,12 @@ class PreActBlock(nn.Module):
 
 
 class PreActResNet18(nn.Module):
-    """PreAct-ResNet18 as in BackdoorBench; ``width`` is the first stage's channels (64 in the papers)."""
+    """PreAct-ResNet18 as in BackdoorBench (``models/preact_resnet.py``); ``width`` is the first
+    stage's channels (64 in the papers).
+
+    As there, ``layer4``'s residual sum goes straight to average pooling, with no BatchNorm and
+    ReLU in between: 16 BatchNorm layers, the ones NFT masks and ANP prunes.
+    """
 
     # Where activation clipping (MM-BD, PAD) bounds channels: after the early stages.
     clip_points = ("conv1", "layer1", "layer2")
@@ -64,13 +69,11 @@ class PreActResNet18(nn.Module):
             layers.append(nn.Sequential(PreActBlock(in_planes, planes, stride), PreActBlock(planes, planes, 1)))
             in_planes = planes
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
-        self.bn = nn.BatchNorm2d(in_planes)
         self.head = nn.Linear(in_planes, num_classes)
 
     def features(self, x):
         out = self.conv1(self.normalize(x))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        out = F.relu(self.bn(out))
         return F.adaptive_avg_pool2d(out, 1).flatten(1)
 
     def forward(self, x):

@@ -58,8 +58,8 @@ PROFILES = {
     "smoke": Profile("smoke", width=8, train_size=2000, test_size=500,
                      recipe=Recipe(epochs=5, batch_size=128, lr=0.05, schedule="onecycle", augment=False),
                      defense_settings=SMOKE_DEFENSES),
-    "cpu": Profile("cpu", width=16, train_size=20000, test_size=2000,
-                   recipe=Recipe(epochs=10, batch_size=128, lr=0.1, schedule="onecycle"), defense_settings=CPU_DEFENSES),
+    "cpu": Profile("cpu", width=16, train_size=None, test_size=None,
+                   recipe=Recipe(epochs=13, batch_size=128, lr=0.1, schedule="onecycle"), defense_settings=CPU_DEFENSES),
     "paper": Profile("paper", width=64, train_size=None, test_size=None, recipe=Recipe()),
 }
 

@@ -1,4 +1,5 @@
-"""Fast victim training: data held on the device, batched augmentation, channels_last, autocast on CUDA."""
+"""Fast victim training: data held on the device, batched augmentation, channels_last, and autocast
+(bf16 on CPUs and GPUs that have it; see ``precision.py``)."""
 from __future__ import annotations
 
 import math
@@ -10,8 +11,11 @@ from tqdm.auto import tqdm
 
 from .data import ImageSet, augment, to_float
 from .errors import PurifyError, choose
+from .precision import autocast, resolve_precision
 
-SCHEDULES = ("cosine", "onecycle", "constant")
+# onecycle: PyTorch's OneCycleLR (cosine up over ``warmup_fraction`` of the steps, cosine down);
+# triangle: the same with straight lines, as airbench trains, which keeps more steps at a low rate.
+SCHEDULES = ("cosine", "onecycle", "triangle", "constant")
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,7 @@ class Recipe:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "cosine"
+    warmup_fraction: float = 0.3  # onecycle and triangle: the share of steps spent rising to ``lr`` (PyTorch's default)
     augment: bool = True  # random crop (zero padding ``crop_padding``) and horizontal flip
     crop_padding: int = 4
     seed: int = 0
@@ -32,19 +37,22 @@ class Recipe:
         choose("schedule", self.schedule, SCHEDULES)
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
             raise PurifyError(f"recipe needs epochs >= 1, batch_size >= 1 and lr > 0; got {self.epochs}, {self.batch_size}, {self.lr}")
+        if not 0 < self.warmup_fraction < 1:
+            raise PurifyError(f"warmup_fraction={self.warmup_fraction} must be in (0, 1)")
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def make_scheduler(optimizer, schedule, lr: float, total_steps: int):
+def make_scheduler(optimizer, schedule, lr: float, total_steps: int, warmup_fraction: float = 0.3):
     """A per-step scheduler: a named schedule, or a callable ``step -> lr multiplier``."""
     if callable(schedule):
         return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     if schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(total_steps, 1))
-    if schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(total_steps, 1))
+    if schedule in ("onecycle", "triangle"):
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(total_steps, 1), pct_start=warmup_fraction,
+                                                   anneal_strategy="cos" if schedule == "onecycle" else "linear")
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
 
@@ -57,21 +65,23 @@ def batches(count: int, batch_size: int, device, generator: torch.Generator, dro
 
 
 def train_model(model, data: ImageSet, recipe: Recipe, attack=None, poison_rate: float = 0.0,
-                progress: bool = True, on_epoch=None):
+                progress: bool = True, on_epoch=None, precision: str | None = None):
     """Train ``model`` (already on its device) on uint8 ``data`` with ``recipe``.
 
     A training-controlled ``attack`` poisons every batch at ``poison_rate``; other attacks
     arrive already baked into ``data``.  ``on_epoch(epoch, model)`` is called after each epoch.
+    ``precision`` (default ``$PURIFY_PRECISION``, else ``auto``) is checked before training.
     """
     device = next(model.parameters()).device
+    precision = resolve_precision(device, precision)
     torch.manual_seed(recipe.seed)
     generator = torch.Generator().manual_seed(recipe.seed)
     images, labels = data.images.to(device), data.labels.to(device)
     model.to(memory_format=torch.channels_last).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
     steps_per_epoch = math.ceil(len(labels) / recipe.batch_size)
-    scheduler = make_scheduler(optimizer, recipe.schedule, recipe.lr, recipe.epochs * steps_per_epoch)
-    scaler = torch.amp.GradScaler(enabled=device.type == "cuda")
+    scheduler = make_scheduler(optimizer, recipe.schedule, recipe.lr, recipe.epochs * steps_per_epoch, recipe.warmup_fraction)
+    scaler = torch.amp.GradScaler(enabled=precision == "fp16")  # bf16 has fp32's range and needs no scaling
     bar = tqdm(total=recipe.epochs * steps_per_epoch, disable=not progress, desc="train", unit="batch", leave=False)
     for epoch in range(recipe.epochs):
         for index in batches(len(labels), recipe.batch_size, device, generator):
@@ -81,8 +91,8 @@ def train_model(model, data: ImageSet, recipe: Recipe, attack=None, poison_rate:
             if attack is not None and attack.training_controlled:
                 x, y = attack.poison_batch(x, y, poison_rate)
             x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, enabled=device.type == "cuda"):
-                loss = F.cross_entropy(model(x), y)
+            with autocast(device, precision):
+                loss = F.cross_entropy(model(x).float(), y)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)

@@ -28,12 +28,13 @@ from .errors import PurifyError
 from .files import load_checkpoint, save_checkpoint
 from .metrics import evaluate, pick_device, triggered_test_set
 from .models import make_model
+from .precision import resolve_precision
 from .profiles import Profile, get_profile
 from .report import machine
 from .train import train_model
 
 ZOO_ENV = "PURIFY_ZOO"
-ZOO_FORMAT = 1
+ZOO_FORMAT = 2  # 2: PreAct-ResNet18 without the final BatchNorm, precision in the key
 MIN_ASR = 50.0  # below this a "victim" has not learned its backdoor and is flagged
 
 
@@ -72,11 +73,13 @@ class Victim:
         if self.attack is None:
             return Poisoned(self.splits.train, torch.empty(0, dtype=torch.long))
         if self.attack.needs_clean_model and self.attack.clean_model is None:
-            _attach_clean_model(self.attack, self.profile, self.record["config"]["split_seed"], self.path.parent)
+            config = self.record["config"]
+            _attach_clean_model(self.attack, self.profile, config["split_seed"], self.path.parent, precision=config["precision"])
         return self.attack.poison(self.splits.train, self.poison_rate, seed=self.record["config"]["split_seed"])
 
 
-def victim_config(profile: Profile, attack: Attack | None, poison_rate: float, data_source: str, split_seed: int) -> dict:
+def victim_config(profile: Profile, attack: Attack | None, poison_rate: float, data_source: str, split_seed: int,
+                  precision: str) -> dict:
     return {
         "format": ZOO_FORMAT,
         "data": data_source,
@@ -89,6 +92,7 @@ def victim_config(profile: Profile, attack: Attack | None, poison_rate: float, d
         "model": profile.model,
         "width": profile.width,
         "recipe": profile.recipe.as_dict(),
+        "precision": precision,
     }
 
 
@@ -98,18 +102,22 @@ def config_key(config: dict) -> str:
 
 def get_victim(attack: str | None = "badnets", poison_rate: float = 0.1, profile: str | Profile | None = None, *,
                attack_params: dict | None = None, split_seed: int = 0, device=None, data_root=None,
-               zoo: str | os.PathLike | None = None, progress: bool = True, **profile_overrides) -> Victim:
+               zoo: str | os.PathLike | None = None, progress: bool = True, precision: str | None = None,
+               **profile_overrides) -> Victim:
     """The victim for this attack, rate and profile: from the zoo, or trained and stored there.
 
     ``attack=None`` gives a clean model.  Every input is checked before any training.
+    ``precision`` (default ``$PURIFY_PRECISION``, else ``auto``) is resolved for the device and
+    is part of the key: a victim trained in bf16 is never served for fp32, nor the reverse.
     """
     profile = get_profile(profile, **profile_overrides)
     device = pick_device(device)
+    precision = resolve_precision(device, precision)
     dataset, splits = _profile_splits(profile, split_seed, data_root)
     attack_obj = _checked_attack(attack, attack_params, poison_rate, splits)
     model = make_model(profile.model, dataset.num_classes, profile.width, profile.dataset)
 
-    config = victim_config(profile, attack_obj, poison_rate, dataset.source, split_seed)
+    config = victim_config(profile, attack_obj, poison_rate, dataset.source, split_seed, precision)
     key = config_key(config)
     label = f"{attack or 'clean'}-{poison_rate:g}-{profile.model}-w{profile.width}-{key}" if attack else f"clean-{profile.model}-w{profile.width}-{key}"
     folder = Path(zoo) if zoo is not None else zoo_dir()
@@ -121,7 +129,7 @@ def get_victim(attack: str | None = "badnets", poison_rate: float = 0.1, profile
         hit = record is not None
         if not hit:
             if attack_obj is not None and attack_obj.needs_clean_model:
-                _attach_clean_model(attack_obj, profile, split_seed, folder, device, data_root, progress)
+                _attach_clean_model(attack_obj, profile, split_seed, folder, device, data_root, progress, precision)
             record = _build(model, attack_obj, poison_rate, splits, profile, config, device, progress, weights, record_path)
             # One line per training, so a shared zoo shows what was trained, where and when.
             with open(folder / "trained.log", "a") as log:
@@ -140,10 +148,10 @@ def _profile_splits(profile: Profile, split_seed: int, data_root=None):
 
 
 def _attach_clean_model(attack: Attack, profile: Profile, split_seed: int, zoo: Path, device=None, data_root=None,
-                        progress: bool = False) -> None:
+                        progress: bool = False, precision: str | None = None) -> None:
     """Give a clean-label attack that crafts against a clean model (LC) that model, from the same zoo."""
     attack.clean_model = get_victim(None, 0.0, profile, split_seed=split_seed, device=device, data_root=data_root,
-                                    zoo=zoo, progress=progress).model
+                                    zoo=zoo, progress=progress, precision=precision).model
 
 
 def _checked_attack(attack, attack_params, poison_rate, splits: Splits) -> Attack | None:
@@ -185,9 +193,9 @@ def _build(model, attack, poison_rate, splits, profile, config, device, progress
         poisoned = attack.poison(splits.train, poison_rate, seed=config["split_seed"])
         train_set, poisoned_indices = poisoned.data, poisoned.poisoned.tolist()
     model.to(device)
-    train_model(model, train_set, profile.recipe, attack, poison_rate, progress=progress)
+    train_model(model, train_set, profile.recipe, attack, poison_rate, progress=progress, precision=config["precision"])
     seconds = time.perf_counter() - started
-    metrics = evaluate(model, splits.test, attack)
+    metrics = evaluate(model, splits.test, attack, precision=config["precision"])
     record = {
         "config": config,
         "key": config_key(config),

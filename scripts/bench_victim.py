@@ -2,10 +2,11 @@
 
 Both train the same PreAct-ResNet18 (same initial weights, SGD lr 0.01, batch 128) on the
 same CIFAR-10 images with RandomCrop(32, pad 4) + flip.  Ours holds uint8 tensors on the
-device and augments whole batches there; the baseline is what BackdoorBench does: a
-torchvision Dataset of PIL images, per-sample transforms, a DataLoader.  Prints images/s
-for both and their ratio, per width.  Timings on a shared 2-core machine are noisy: read
-the ratio, which both loops share the noise of.
+device, augments whole batches there and runs under the precision ``auto`` picks (bf16 on a
+CPU with AVX-512 BF16 or AMX); the baseline is what BackdoorBench does: fp32, a torchvision
+Dataset of PIL images, per-sample transforms, a DataLoader.  Our loop is also timed in fp32,
+so the table tells the data-pipeline gain (``fp32 ratio``) from the precision gain.  Timings
+on a shared 2-core machine are noisy: read the ratios, taken in one run.
 
     python scripts/bench_victim.py --widths 16 64 --images 2048 512
 """
@@ -24,6 +25,7 @@ from purify_lib.cli import run_cli
 from purify_lib.data import load_dataset
 from purify_lib.metrics import pick_device
 from purify_lib.models import make_model
+from purify_lib.precision import resolve_precision
 from purify_lib.train import Recipe, train_model
 
 
@@ -58,9 +60,9 @@ def baseline_epoch(model, images, labels, device, workers: int) -> float:
     return len(labels) / (time.perf_counter() - started)
 
 
-def ours_epoch(model, data, device) -> float:
+def ours_epoch(model, data, precision: str) -> float:
     started = time.perf_counter()
-    train_model(model, data, Recipe(epochs=1, lr=0.01, schedule="constant"), progress=False)
+    train_model(model, data, Recipe(epochs=1, lr=0.01, schedule="constant"), progress=False, precision=precision)
     return len(data) / (time.perf_counter() - started)
 
 
@@ -72,18 +74,22 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     device = pick_device(args.device)
+    precision = resolve_precision(device)
     dataset = load_dataset("cifar10")
-    print(f"device {device}, torch threads {torch.get_num_threads()}, baseline DataLoader workers {args.workers}")
-    print("| width | images | ours img/s | BackdoorBench-style img/s | ratio |\n|---|---|---|---|---|")
+    print(f"device {device}, precision {precision}, torch threads {torch.get_num_threads()}, baseline DataLoader workers {args.workers}")
+    print(f"| width | images | ours {precision} img/s | ours fp32 img/s | BackdoorBench-style fp32 img/s | ratio | fp32 ratio |\n"
+          "|---|---|---|---|---|---|---|")
     for width, count in zip(args.widths, args.images * len(args.widths)):
         subset = dataset.train.subset(torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(0))[:count])
         torch.manual_seed(0)
         reference = make_model("preactresnet18", 10, width).to(device)
         warm = subset.subset(torch.arange(min(256, count)))
-        ours_epoch(copy.deepcopy(reference), warm, device)  # first-call costs (allocator, kernels) for both
-        ours = ours_epoch(copy.deepcopy(reference), subset, device)
+        for warm_precision in {precision, "fp32"}:  # first-call costs (allocator, kernels) for every loop
+            ours_epoch(copy.deepcopy(reference), warm, warm_precision)
+        ours = ours_epoch(copy.deepcopy(reference), subset, precision)
+        ours_fp32 = ours_epoch(copy.deepcopy(reference), subset, "fp32")
         base = baseline_epoch(copy.deepcopy(reference), subset.images, subset.labels, device, args.workers)
-        print(f"| {width} | {count} | {ours:.0f} | {base:.0f} | {ours / base:.2f}x |", flush=True)
+        print(f"| {width} | {count} | {ours:.0f} | {ours_fp32:.0f} | {base:.0f} | {ours / base:.2f}x | {ours_fp32 / base:.2f}x |", flush=True)
     return 0
 
 

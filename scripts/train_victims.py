@@ -30,15 +30,19 @@ def main(argv=None) -> int:
 
     check_requests(specs, profile)
 
-    rows = ["| attack | rate | ACC | ASR | RA | train s | backdoored | cache |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["| attack | rate | ACC | ASR | RA | minutes | precision | backdoored | cache |", "|---|---|---|---|---|---|---|---|---|"]
     for attack, rate in specs:
         victim = get_victim(attack, rate, profile, device=args.device)
         m = victim.metrics
         rows.append(f"| {attack} | {rate:g} | {m['acc']:.1f} | {m['asr']:.1f} | {m['ra']:.1f} | "
-                    f"{victim.record['train_seconds']:.0f} | {'yes' if victim.backdoored else 'NO'} | {'hit' if victim.cache_hit else 'trained'} |")
+                    f"{victim.record['train_seconds'] / 60:.1f} | {victim.record['config']['precision']} | "
+                    f"{'yes' if victim.backdoored else 'NO'} | {'hit' if victim.cache_hit else 'trained'} |")
         print(rows[-1], flush=True)
-    table = "\n".join([f"Victims, profile `{profile.name}` (width {profile.width}, {profile.train_size or 'all'} training images, "
-                       f"{profile.recipe.epochs} epochs, {profile.recipe.schedule} lr {profile.recipe.lr}); CIFAR-10 source as loaded.", "", *rows])
+    recipe = profile.recipe
+    table = "\n".join([f"Victims, profile `{profile.name}` ({profile.model} width {profile.width}, "
+                       f"{profile.train_size or 'all the'} training images, {recipe.epochs} epochs, batch {recipe.batch_size}, "
+                       f"{recipe.schedule} lr {recipe.lr:g}, warmup {recipe.warmup_fraction:g}); CIFAR-10 source as loaded; "
+                       f"test metrics on {profile.test_size or 'all the'} test images.", "", *rows])
     out = Path(args.out) / f"victims_{profile.name}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table + "\n")

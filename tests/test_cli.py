@@ -29,6 +29,30 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, script, args, m
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--trial", "{epochs: 3}"], "error: --trial '{epochs: 3}' is not JSON"),
+    (["--trial", "[3]"], "error: --trial '[3]' is not a JSON object"),
+    (["--trial", '{"epochs": 3, "colour": 1}'], "error: --trial has unknown field(s) colour; allowed: width, augment, batch_size"),
+    (["--trial", '{"schedule": "zigzag"}'], "error: unknown schedule 'zigzag'; allowed: constant, cosine, onecycle, triangle"),
+])
+def test_search_recipe_bad_trial_is_one_line_and_exit_2(tmp_path, monkeypatch, args, message):
+    monkeypatch.setenv("PURIFY_ZOO", str(tmp_path / "zoo"))
+    result = run("search_recipe.py", "--profile", "smoke", "--trial", '{"epochs": 1}', *args, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+    assert not (tmp_path / "zoo").exists()  # the good first trial did not train before the bad one was checked
+
+
+def test_unusable_precision_is_one_line_and_exit_2(tmp_path, monkeypatch):
+    monkeypatch.setenv("PURIFY_ZOO", str(tmp_path / "zoo"))
+    monkeypatch.setenv("PURIFY_PRECISION", "fp8")
+    result = run("train_victims.py", "--profile", "smoke", "badnets:0.1", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: PURIFY_PRECISION='fp8' is not a precision; allowed: auto, bf16, fp16, fp32"
+    assert not (tmp_path / "zoo").exists() and not (tmp_path / "out").exists()
+
+
 def test_profiles():
     from purify_lib.errors import PurifyError
     from purify_lib.profiles import PROFILES, get_profile

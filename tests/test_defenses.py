@@ -18,10 +18,13 @@ from purify_lib.train import Recipe, train_model
 
 @pytest.fixture(scope="module")
 def backdoored(tmp_path_factory):
-    """BadNets at 10% on 2,500 CIFAR-10 images, width 8, a 6x6 checkerboard patch, no augmentation.
+    """BadNets at 10% (a 6x6 checkerboard patch) on 10,000 CIFAR-10 images, width 16, 8 epochs.
 
-    At this budget the standard 3x3 white patch is not learned (ASR about 19%, with or
-    without augmentation), which would test nothing; the larger patch reaches ASR 100%.
+    Trained under the default precision (bf16 where the CPU has it: about 1.5 minutes on a
+    2-core AVX-512 BF16 machine; fp32 elsewhere, slower but the same kind of model).  The test
+    needs a victim that has really learned both tasks (ACC >= 60%, ASR >= 90%), so that a
+    defense that works passes by a wide margin on any machine and one that does not fails on
+    every machine.  The larger patch makes the backdoor certain at this budget.
     """
     from PIL import Image
 
@@ -32,15 +35,15 @@ def backdoored(tmp_path_factory):
     trigger = tmp_path_factory.mktemp("trigger") / "checkerboard.png"
     Image.fromarray(pattern).save(trigger)
     dataset = load_dataset("cifar10")
-    splits = make_splits(dataset, seed=0, reserve_fraction=0.02, train_size=2500, test_size=500)
+    splits = make_splits(dataset, seed=0, reserve_fraction=0.02, train_size=10000, test_size=1000)
     attack = make_attack("badnets", trigger_path=trigger)
     poisoned = attack.poison(splits.train, 0.1, seed=0)
     torch.manual_seed(0)
-    model = make_model("preactresnet18", 10, width=8)
-    train_model(model, poisoned.data, Recipe(epochs=6, lr=0.05, schedule="onecycle", augment=False), progress=False)
+    model = make_model("preactresnet18", 10, width=16)
+    train_model(model, poisoned.data, Recipe(epochs=8, lr=0.1, schedule="onecycle"), progress=False)
     evaluator = Evaluator(splits.test, attack)
     before = evaluator(model)
-    assert before["asr"] > 80, f"the test victim did not learn its backdoor: {before}"
+    assert before["acc"] >= 60 and before["asr"] >= 90, f"the test victim is too weak to test a defense on: {before}"
     return dict(model=model, clean=splits.reserve, poisoned=poisoned, evaluator=evaluator, before=before)
 
 

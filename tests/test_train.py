@@ -72,3 +72,13 @@ def test_models_split_into_features_and_head():
         _, head = get_head(model)
         assert torch.allclose(model(x), head(model.features(x)))
         assert model.features(x).shape == (2, head.in_features)
+
+
+def test_preact_resnet18_has_backdoorbench_shape():
+    """As BackdoorBench's models/preact_resnet.py: 16 BatchNorm layers, layer4 pooled with no BatchNorm or ReLU after it."""
+    model = make_model("preactresnet18", 10, width=8).eval()
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 16
+    x = torch.rand(2, 3, 32, 32)
+    stages = model.layer4(model.layer3(model.layer2(model.layer1(model.conv1(model.normalize(x))))))
+    assert torch.allclose(model.features(x), stages.mean((2, 3)), atol=1e-6)
+    assert (model.features(x) < 0).any()  # no ReLU before pooling

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..data import ImageSet, augment, to_float
 from ..errors import PurifyError
+from ..precision import autocast, resolve_precision
 from ..train import batches, make_scheduler
 
 
@@ -41,7 +42,7 @@ def tune(model, data: ImageSet, params, *, epochs: int, lr: float, batch_size: i
          weight_decay: float = 0.0, schedule: str = "cosine", optimizer: str = "sgd", loss_fn=cross_entropy,
          after_step=None, step_fn=None, evaluator=None, augment_data: bool = True, frozen_eval=(),
          steps: int | None = None, eval_every: int | None = None, on_epoch=None, seed: int = 0,
-         progress: bool = False, desc: str = "tune") -> list[dict]:
+         progress: bool = False, desc: str = "tune", precision: str | None = None) -> list[dict]:
     """Optimise ``params`` of ``model`` on ``data``; return per-epoch history.
 
     ``loss_fn(model, x, y)`` gives the loss of a float batch; ``after_step(model)`` runs after
@@ -51,9 +52,12 @@ def tune(model, data: ImageSet, params, *, epochs: int, lr: float, batch_size: i
     frozen parts do not drift.  ``steps`` fixes the number of
     optimiser steps instead (NFT's code counts steps); an "epoch" is then one pass over the
     data.  The evaluator runs every ``eval_every`` epochs (default: about five times in all)
-    and after the last.
+    and after the last.  Forward passes (and a ``step_fn``'s whole step) run under
+    ``precision``'s autocast (default ``$PURIFY_PRECISION``, else ``auto``: bf16 where the
+    hardware has it); parameters and optimiser state stay fp32.
     """
     device = next(model.parameters()).device
+    precision = resolve_precision(device, precision)
     params = [p for p in params if p.requires_grad]
     if optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -85,9 +89,11 @@ def tune(model, data: ImageSet, params, *, epochs: int, lr: float, batch_size: i
             if augment_data:
                 x = augment(x)
             if step_fn is not None:
-                loss = step_fn(model, x, y, opt, loss_fn)
+                with autocast(device, precision):
+                    loss = step_fn(model, x, y, opt, loss_fn)
             else:
-                loss = loss_fn(model, x, y)
+                with autocast(device, precision):
+                    loss = loss_fn(model, x, y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

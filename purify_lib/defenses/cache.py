@@ -19,11 +19,13 @@ import torch
 from filelock import FileLock
 
 from ..files import load_checkpoint, save_checkpoint
+from ..precision import resolve_precision
 from .base import Defended
 
 # Defenses whose purified model carries activation-clipping layers the victim does not have.
 CLIPPED = {"mmbd", "pad", "pad_ft"}
-_CODE = [*sorted((Path(__file__).parent).glob("*.py")), *(Path(__file__).parent.parent / name for name in ("models.py", "metrics.py", "train.py", "data.py"))]
+_CODE = [*sorted((Path(__file__).parent).glob("*.py")),
+         *(Path(__file__).parent.parent / name for name in ("models.py", "metrics.py", "train.py", "data.py", "precision.py"))]
 
 
 def code_digest() -> str:
@@ -46,7 +48,9 @@ def _jsonable(value):
 
 def cached_defense(victim, name: str, settings: dict, data_spec: dict, evaluate: bool, run, folder: Path) -> Defended:
     """``run()`` (a defense call on ``victim``), or its stored result when this exact call was made before."""
+    precision = resolve_precision(next(victim.model.parameters()).device)
     config = {"victim": victim.record["key"], "defense": name, "data": data_spec, "evaluate": evaluate, "code": code_digest(),
+              "precision": precision,
               "settings": _jsonable({k: v for k, v in settings.items() if k not in ("poisoned", "progress")})}
     key = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
     label = f"{Path(victim.path).stem}--{name}-{key}"
