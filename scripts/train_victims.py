@@ -30,12 +30,14 @@ def main(argv=None) -> int:
 
     check_requests(specs, profile)
 
-    rows = ["| attack | rate | ACC | ASR | RA | minutes | precision | backdoored | cache |", "|---|---|---|---|---|---|---|---|---|"]
+    # threads: the torch threads the victim was trained with (its record says), since minutes depend on them.
+    rows = ["| attack | rate | ACC | ASR | RA | minutes | threads | precision | backdoored | cache |", "|---|---|---|---|---|---|---|---|---|---|"]
     for attack, rate in specs:
         victim = get_victim(attack, rate, profile, device=args.device)
         m = victim.metrics
         rows.append(f"| {attack} | {rate:g} | {m['acc']:.1f} | {m['asr']:.1f} | {m['ra']:.1f} | "
-                    f"{victim.record['train_seconds'] / 60:.1f} | {victim.record['config']['precision']} | "
+                    f"{victim.record['train_seconds'] / 60:.1f} | {victim.record['versions'].get('threads', '?')} | "
+                    f"{victim.record['config']['precision']} | "
                     f"{'yes' if victim.backdoored else 'NO'} | {'hit' if victim.cache_hit else 'trained'} |")
         print(rows[-1], flush=True)
     recipe = profile.recipe

@@ -32,7 +32,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, script, args, m
 @pytest.mark.parametrize("args, message", [
     (["--trial", "{epochs: 3}"], "error: --trial '{epochs: 3}' is not JSON"),
     (["--trial", "[3]"], "error: --trial '[3]' is not a JSON object"),
-    (["--trial", '{"epochs": 3, "colour": 1}'], "error: --trial has unknown field(s) colour; allowed: width, augment, batch_size"),
+    (["--trial", '{"epochs": 3, "colour": 1}'], "error: --trial has unknown field(s) colour; allowed: width, train_size, augment, batch_size"),
     (["--trial", '{"schedule": "zigzag"}'], "error: unknown schedule 'zigzag'; allowed: constant, cosine, onecycle, triangle"),
 ])
 def test_search_recipe_bad_trial_is_one_line_and_exit_2(tmp_path, monkeypatch, args, message):
