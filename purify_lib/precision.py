@@ -1,9 +1,10 @@
 """Which float precision the matrix work runs in: bf16 autocast where the hardware has it, fp32 elsewhere.
 
 On a CPU with AVX-512 BF16 or AMX, ``torch.autocast("cpu", dtype=torch.bfloat16)`` trains
-PreAct-ResNet18 about 2.5x faster than fp32 (measured on an AMX machine at widths 16-64).
-Weights, optimiser state, losses and metrics stay fp32: autocast only lowers the inputs of
-convolutions and matrix products, and every loss here is taken on ``.float()`` logits.
+PreAct-ResNet18 faster than fp32: about 2.5x on an AMX machine, 1.5x on an AVX-512 BF16 one
+without AMX (README, "Precision").  Weights, optimiser state, losses and metrics stay fp32:
+autocast only lowers the inputs of convolutions and matrix products, runs cross-entropy in
+fp32, and logits are cast to fp32 before victim losses and every metric.
 
 The setting is ``$PURIFY_PRECISION`` (or a ``precision=`` argument where one is taken):
 

@@ -130,3 +130,23 @@ def test_defend_uses_the_papers_defense_data(isolated_cache):
     assert pad.extra["kept"] == 50 and 0 <= pad.extra["kept_poisoned"] <= 50
     with pytest.raises(PurifyError, match="defense data fraction 0.5 means 25000 images; the reserve holds 2500"):
         defend(victim, "ft", data_fraction=0.5)
+
+
+def test_each_precision_is_its_own_victim_and_defense_entry(isolated_cache, monkeypatch):
+    from purify_lib import precision
+    from purify_lib.defenses import defend
+
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)  # what is tested is the key, not the arithmetic
+    monkeypatch.setenv("PURIFY_PRECISION", "fp32")
+    fp32 = get_victim("badnets", 0.1, recipe=tiny_recipe(), **TINY)
+    defend(fp32, "lp", epochs=1, evaluate=False)
+    monkeypatch.setenv("PURIFY_PRECISION", "bf16")
+    bf16 = get_victim("badnets", 0.1, recipe=tiny_recipe(), **TINY)
+    assert not bf16.cache_hit and bf16.record["config"]["precision"] == "bf16" and fp32.record["config"]["precision"] == "fp32"
+    assert len(list(isolated_cache.glob("badnets-*.json"))) == 2
+    monkeypatch.setenv("PURIFY_PRECISION", "fp32")
+    assert get_victim("badnets", 0.1, recipe=tiny_recipe(), **TINY).cache_hit
+    assert defend(fp32, "lp", epochs=1, evaluate=False).cache_hit
+    # The same victim defended in bf16 is a new defense entry, not the fp32 one served again.
+    monkeypatch.setenv("PURIFY_PRECISION", "bf16")
+    assert not defend(fp32, "lp", epochs=1, evaluate=False).cache_hit

@@ -54,10 +54,12 @@ def tune(model, data: ImageSet, params, *, epochs: int, lr: float, batch_size: i
     data.  The evaluator runs every ``eval_every`` epochs (default: about five times in all)
     and after the last.  Forward passes (and a ``step_fn``'s whole step) run under
     ``precision``'s autocast (default ``$PURIFY_PRECISION``, else ``auto``: bf16 where the
-    hardware has it); parameters and optimiser state stay fp32.
+    hardware has it); parameters and optimiser state stay fp32.  fp16 (an older GPU) tunes in
+    fp32 here: SAM's and ANP's own backward passes leave no place for a loss scaler.
     """
     device = next(model.parameters()).device
     precision = resolve_precision(device, precision)
+    precision = "fp32" if precision == "fp16" else precision
     params = [p for p in params if p.requires_grad]
     if optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
