@@ -72,10 +72,10 @@ class Victim:
         """
         if self.attack is None:
             return Poisoned(self.splits.train, torch.empty(0, dtype=torch.long))
+        config = self.record["config"]
         if self.attack.needs_clean_model and self.attack.clean_model is None:
-            config = self.record["config"]
             _attach_clean_model(self.attack, self.profile, config["split_seed"], self.path.parent, precision=config["precision"])
-        return self.attack.poison(self.splits.train, self.poison_rate, seed=self.record["config"]["split_seed"])
+        return self.attack.poison(self.splits.train, self.poison_rate, seed=config["split_seed"])
 
 
 def victim_config(profile: Profile, attack: Attack | None, poison_rate: float, data_source: str, split_seed: int,

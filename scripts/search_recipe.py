@@ -30,9 +30,9 @@ def parse_trial(text: str, base) -> dict:
     try:
         fields = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise PurifyError(f"--trial {text!r} is not JSON ({exc.msg}); give an object of Recipe fields and width") from None
+        raise PurifyError(f"--trial {text!r} is not JSON ({exc.msg}); give an object of Recipe fields, width and train_size") from None
     if not isinstance(fields, dict):
-        raise PurifyError(f"--trial {text!r} is not a JSON object; give an object of Recipe fields and width")
+        raise PurifyError(f"--trial {text!r} is not a JSON object; give an object of Recipe fields, width and train_size")
     profile_fields = {"width": fields.pop("width", base.width), "train_size": fields.pop("train_size", base.train_size)}
     allowed = set(Recipe.__dataclass_fields__)
     unknown = set(fields) - allowed
