@@ -60,12 +60,23 @@ def test_dirty_label_exact_count_and_labels(images, name, rate):
     result = attack.poison(images, rate, seed=1)
     assert len(result.poisoned) == round(rate * len(images))
     assert (result.data.labels[result.poisoned] == 0).all()
-    assert (images.labels[result.poisoned] != 0).all()  # every poison flips a label
     untouched = torch.ones(len(images), dtype=torch.bool)
     untouched[result.poisoned] = False
     assert torch.equal(result.data.labels[untouched], images.labels[untouched])
     assert torch.equal(result.data.images[untouched], images.images[untouched])
     assert not torch.equal(result.data.images[result.poisoned], images.images[result.poisoned])
+
+
+@pytest.mark.parametrize("name", ["badnets", "blended", "lf"])
+def test_dirty_label_pool_follows_backdoorbench_with_a_switch(images, name):
+    """BackdoorBench draws poisons from every image (target-class ones keep their label); ``non_target`` excludes them."""
+    default = make_attack(name).poison(images, 0.5, seed=1)
+    assert (images.labels[default.poisoned] == 0).any() and (images.labels[default.poisoned] != 0).any()
+    strict = make_attack(name, pool="non_target").poison(images, 0.5, seed=1)
+    assert (images.labels[strict.poisoned] != 0).all()
+    assert make_attack(name).params()["pool"] == "all" and make_attack(name, pool="non_target").params()["pool"] == "non_target"
+    with pytest.raises(PurifyError, match="pool='some' is not one of all, non_target"):
+        make_attack(name, pool="some")
 
 
 def test_clean_label_sig_keeps_labels_and_poisons_target_only(images):

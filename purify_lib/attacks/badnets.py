@@ -18,8 +18,8 @@ class BadNets(Attack):
 
     name = "badnets"
 
-    def __init__(self, target: int = 0, trigger_path=None):
-        super().__init__(target)
+    def __init__(self, target: int = 0, trigger_path=None, pool: str = "all"):
+        super().__init__(target, pool)
         self.pattern = trigger_pattern("trigger_image.png", trigger_path, default_patch)
         self.mask = (self.pattern > 0).any(0, keepdim=True)
 

@@ -13,6 +13,7 @@ from ..data import PROJECT_ROOT, ImageSet
 from ..errors import PurifyError
 
 TRIGGER_ENV = "PURIFY_TRIGGERS"
+POOLS = ("all", "non_target")
 
 
 @dataclass
@@ -38,14 +39,21 @@ class Attack:
     training_controlled = False
     needs_clean_model = False  # LC: set ``clean_model`` before poisoning
 
-    def __init__(self, target: int = 0):
+    def __init__(self, target: int = 0, pool: str = "all"):
         if target < 0:
             raise PurifyError(f"target={target} must be a class index >= 0")
-        self.target = target
+        if pool not in POOLS:
+            raise PurifyError(f"pool={pool!r} is not one of {', '.join(POOLS)}")
+        self.target, self.pool = target, pool
+
+    @property
+    def uses_pool(self) -> bool:
+        """Whether ``pool`` decides anything: dirty-label attacks that poison a fixed set."""
+        return not self.clean_label and not self.training_controlled
 
     def params(self) -> dict:
         """Everything that identifies this attack's poisons, for the victim cache key."""
-        return {"name": self.name, "target": self.target}
+        return {"name": self.name, "target": self.target, **({"pool": self.pool} if self.uses_pool else {})}
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -55,18 +63,26 @@ class Attack:
         if not 0 < rate <= 1:
             raise PurifyError(f"poison_rate={rate} is outside (0, 1]")
         count = round(rate * len(labels))
-        pool = int((labels == self.target).sum()) if self.clean_label else int((labels != self.target).sum())
+        pool = int(self.pool_mask(labels).sum())
         if count == 0:
             raise PurifyError(f"poison_rate={rate} poisons no image of {len(labels)}; use a rate of at least {1 / len(labels):.2g}")
         if count > pool:
-            kind = "the target class holds" if self.clean_label else "there are non-target images:"
+            kind = "the target class holds" if self.clean_label else f"the {self.pool} pool holds"
             raise PurifyError(f"poison_rate={rate} asks for {count} poisons but {kind} {pool} ({self.name})")
         return count
 
+    def pool_mask(self, labels: torch.Tensor) -> torch.Tensor:
+        """The images poisons may be drawn from: the target class for clean-label attacks; for
+        dirty-label ones every image (``pool="all"``, BackdoorBench's ``generate_poison_index_from_label_transform``:
+        target-class poisons keep their label) or only the other classes (``pool="non_target"``)."""
+        if self.clean_label:
+            return labels == self.target
+        return torch.ones_like(labels, dtype=torch.bool) if self.pool == "all" else labels != self.target
+
     def choose(self, labels: torch.Tensor, rate: float, seed: int) -> torch.Tensor:
-        """Seeded choice of the indices to poison: target-class images for clean-label attacks, others otherwise."""
+        """Seeded choice of the indices to poison, from ``pool_mask``."""
         count = self.poison_count(labels, rate)
-        pool = torch.nonzero((labels == self.target) if self.clean_label else (labels != self.target)).squeeze(1)
+        pool = torch.nonzero(self.pool_mask(labels)).squeeze(1)
         generator = torch.Generator().manual_seed(seed)
         return pool[torch.randperm(len(pool), generator=generator)[:count]].sort().values
 

@@ -20,8 +20,8 @@ class Blended(Attack):
 
     name = "blended"
 
-    def __init__(self, target: int = 0, alpha: float = 0.2, trigger_path=None):
-        super().__init__(target)
+    def __init__(self, target: int = 0, alpha: float = 0.2, trigger_path=None, pool: str = "all"):
+        super().__init__(target, pool)
         if not 0 < alpha <= 1:
             raise PurifyError(f"alpha={alpha} is outside (0, 1]")
         self.alpha = alpha

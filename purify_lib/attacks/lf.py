@@ -20,8 +20,8 @@ class LF(Attack):
 
     name = "lf"
 
-    def __init__(self, target: int = 0, trigger_path=None):
-        super().__init__(target)
+    def __init__(self, target: int = 0, trigger_path=None, pool: str = "all"):
+        super().__init__(target, pool)
         self.pattern = trigger_pattern("cifar10_preactresnet18_0_255.npy", trigger_path, default_pattern)
 
     def params(self) -> dict:
