@@ -86,10 +86,13 @@ def train_model(model, data: ImageSet, recipe: Recipe, attack=None, poison_rate:
     for epoch in range(recipe.epochs):
         for index in batches(len(labels), recipe.batch_size, device, generator):
             x, y = to_float(images[index]), labels[index]
-            if recipe.augment:
+            controlled = attack is not None and attack.training_controlled
+            if recipe.augment and not (controlled and attack.augments_after_poison):
                 x = augment(x, padding=recipe.crop_padding)
-            if attack is not None and attack.training_controlled:
+            if controlled:
                 x, y = attack.poison_batch(x, y, poison_rate)
+                if recipe.augment and attack.augments_after_poison:
+                    x = attack.augment(x)
             x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device, precision):
                 loss = F.cross_entropy(model(x).float(), y)

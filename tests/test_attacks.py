@@ -131,10 +131,39 @@ def test_wanet_batch_poisoning_counts():
     attack = make_attack("wanet")
     x = torch.rand(128, 3, 32, 32)
     y = torch.arange(128) % 10
-    out, labels = attack.poison_batch(x, y, 0.1)
-    assert (labels[:12] == 0).all() and torch.equal(labels[12:], y[12:])
-    assert not torch.equal(out[12:36], x[12:36])  # noise-mode samples, warped, labels kept
-    assert torch.equal(out[36:], x[36:])
+    torch.manual_seed(0)
+    out, labels = attack.poison_batch(x, y, 0.125)  # exactly 16 a batch: no fractional part to draw
+    assert (labels[:16] == 0).all() and torch.equal(labels[16:], y[16:])
+    assert not torch.equal(out[16:48], x[16:48])  # noise-mode samples, warped, labels kept
+    assert torch.equal(out[48:], x[48:])
+
+
+@pytest.mark.parametrize("rate", [0.005, 0.1])
+def test_wanet_poisons_rate_times_batch_on_average(rate):
+    """0.5% of 128 is 0.64 a batch: a truncated count would never poison at all."""
+    attack = make_attack("wanet", cross_ratio=0)
+    x, y = torch.zeros(128, 3, 32, 32), torch.ones(128, dtype=torch.long)
+    torch.manual_seed(0)
+    counts = torch.tensor([int((attack.poison_batch(x, y, rate)[1] == 0).sum()) for _ in range(2000)], dtype=torch.float)
+    # the count is floor(128 rate) or one more; its mean is within 10 standard errors of 128 rate
+    assert set(counts.unique().tolist()) <= {float(int(128 * rate)), float(int(128 * rate) + 1)}
+    assert abs(counts.mean().item() - 128 * rate) < 0.1
+
+
+def test_wanet_augmentation_follows_backdoorbench():
+    attack = make_attack("wanet")
+    assert attack.augments_after_poison and not make_attack("wanet", post_augment=False).augments_after_poison
+    assert attack.params()["post_augment"] is True
+    torch.manual_seed(0)
+    x = torch.rand(2000, 3, 32, 32) + 1  # strictly positive, so zero fill marks moved pixels
+    out = attack.augment(x)
+    assert out.shape == x.shape
+    zeros = (out == 0).flatten(1).any(1)
+    flipped_only = torch.tensor([torch.equal(o, i) or torch.equal(o, i.flip(2)) for o, i in zip(out, x)])
+    # crop at p 0.8 (a zero border unless the offset is 0, 1 in 121) and rotation at p 0.5:
+    # untouched (save a flip) only with p 0.2 x 0.5 = 0.1, crop offset 0 aside
+    assert 0.05 < flipped_only.float().mean() < 0.15
+    assert zeros.float().mean() > 0.8
 
 
 def test_triggered_test_set_excludes_target(images):

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from purify_lib.attacks import make_attack
+from purify_lib.data import to_float
 from purify_lib.metrics import Evaluator, evaluate
 from purify_lib.models import get_head, make_model
 from purify_lib.train import Recipe, train_model
@@ -63,6 +64,31 @@ def test_training_controlled_attack_poisons_batches(images):
     model = make_model("preactresnet18", 10, width=4)
     train_model(model, images, Recipe(epochs=1, batch_size=50), attack=attack, poison_rate=0.1, progress=False)
     assert calls == [0.1] * 4
+
+
+@pytest.mark.parametrize("post_augment", [True, False])
+def test_wanet_warps_the_unaugmented_image_as_backdoorbench_does(images, post_augment):
+    """With ``post_augment`` every image reaching ``poison_batch`` is a dataset image as it is;
+    without, the recipe's crop and flip come first, so some are not."""
+    attack = make_attack("wanet", post_augment=post_augment)
+    dataset = {tuple(image.flatten().tolist()) for image in to_float(images.images)}
+    seen, augmented = [], []
+    original_poison, original_augment = attack.poison_batch, attack.augment
+
+    def spy_poison(x, y, rate):
+        seen.extend(tuple(image.flatten().tolist()) in dataset for image in x)
+        return original_poison(x, y, rate)
+
+    def spy_augment(x):
+        augmented.append(len(x))
+        return original_augment(x)
+
+    attack.poison_batch, attack.augment = spy_poison, spy_augment
+    train_model(make_model("preactresnet18", 10, width=4), images, Recipe(epochs=1, batch_size=50), attack=attack,
+                poison_rate=0.1, progress=False)
+    assert len(seen) == len(images)
+    assert all(seen) if post_augment else not all(seen)
+    assert augmented == ([50] * 4 if post_augment else [])
 
 
 def test_models_split_into_features_and_head():

@@ -38,6 +38,7 @@ class Attack:
     clean_label = False
     training_controlled = False
     needs_clean_model = False  # LC: set ``clean_model`` before poisoning
+    augments_after_poison = False  # training-controlled: ``augment`` replaces the recipe's, after ``poison_batch``
 
     def __init__(self, target: int = 0, pool: str = "all"):
         if target < 0:
@@ -100,6 +101,9 @@ class Attack:
 
     def poison_batch(self, images: torch.Tensor, labels: torch.Tensor, rate: float):
         raise NotImplementedError(f"{self.name} is not training-controlled")
+
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{self.name} has no augmentation of its own")
 
 
 def find_trigger(filename: str, explicit: str | os.PathLike | None) -> Path | None:

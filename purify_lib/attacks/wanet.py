@@ -5,12 +5,26 @@ with ``noise`` a k x k uniform grid upsampled bicubically and scaled to mean |.|
 Training is controlled by the attacker: on every batch a ``rate`` share of the images is
 warped and relabelled, and ``cross_ratio`` times as many get the warp plus random
 noise with their labels kept, so the network learns the exact warp, not any warp.
+
+As in BackdoorBench's ``attack/wanet.py`` (defaults k 4, s 0.5, cross_ratio 2, from its
+``config/attack/wanet/default.yaml``):
+
+- the warp is applied to the un-augmented image, and then the whole batch goes through
+  WaNet's own augmentation (``post_augment``: random crop with padding 5 at p 0.8, rotation
+  within +-10 degrees at p 0.5, horizontal flip), which replaces the recipe's crop and flip.
+  BackdoorBench's torchvision transforms draw one crop, angle and flip per *batch*; the
+  original WaNet code (kornia) draws them per sample, as we do.  ``post_augment=False`` gives
+  the recipe's crop and flip before the warp instead, so the warp always lands pixel-aligned.
+- the poison count per batch has mean ``rate x batch``: its integer part always, plus one
+  more with probability equal to the fraction.  BackdoorBench truncates above one poison per
+  batch (0.1 x 128 = 12.8 gives 12) and draws 0 or 1 below it (``generalize_to_lower_pratio``).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from ..data import augment
 from ..errors import PurifyError
 from .base import Attack
 
@@ -20,8 +34,9 @@ class WaNet(Attack):
     training_controlled = True
 
     def __init__(self, target: int = 0, k: int = 4, strength: float = 0.5, grid_rescale: float = 1.0,
-                 cross_ratio: float = 2.0, size: int = 32, seed: int = 0):
+                 cross_ratio: float = 2.0, size: int = 32, seed: int = 0, post_augment: bool = True):
         super().__init__(target)
+        self.augments_after_poison = bool(post_augment)
         if k < 2 or k > size:
             raise PurifyError(f"k={k} must be between 2 and the image size {size}")
         self.k, self.strength, self.grid_rescale, self.cross_ratio, self.size, self.seed = k, strength, grid_rescale, cross_ratio, size, seed
@@ -36,7 +51,8 @@ class WaNet(Attack):
 
     def params(self) -> dict:
         return {**super().params(), "k": self.k, "strength": self.strength, "grid_rescale": self.grid_rescale,
-                "cross_ratio": self.cross_ratio, "seed": self.seed}
+                "cross_ratio": self.cross_ratio, "seed": self.seed,
+                "post_augment": self.augments_after_poison}
 
     def warp(self, images: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         """Warp float images ``(N, C, H, W)`` with one grid or one per image."""
@@ -48,8 +64,9 @@ class WaNet(Attack):
         return (warped * 255).round().clamp(0, 255).to(torch.uint8)
 
     def poison_batch(self, images: torch.Tensor, labels: torch.Tensor, rate: float):
-        """Warp and relabel the first ``rate`` share of a shuffled float batch; add noise-mode samples after them."""
-        num_poison = int(len(images) * rate)
+        """Warp and relabel the first ``rate`` share of a shuffled float batch (on average); add noise-mode samples after them."""
+        expected = len(images) * rate
+        num_poison = int(expected) + int(torch.rand(()) < expected - int(expected))
         num_cross = min(int(num_poison * self.cross_ratio), len(images) - num_poison)
         images, labels = images.clone(), labels.clone()
         if num_poison:
@@ -61,3 +78,19 @@ class WaNet(Attack):
             cross = slice(num_poison, num_poison + num_cross)
             images[cross] = self.warp(images[cross], noisy_grid)
         return images, labels
+
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        """WaNet's post-poisoning augmentation of a float batch, drawn per sample (see the module docstring)."""
+        n, device = len(images), images.device
+        cropped = augment(images, padding=5, flip=False)
+        images = torch.where((torch.rand(n, device=device) < 0.8)[:, None, None, None], cropped, images)
+        rotate = torch.nonzero(torch.rand(n, device=device) < 0.5).squeeze(1)
+        if len(rotate):
+            angle = torch.deg2rad((torch.rand(len(rotate), device=device) * 2 - 1) * 10)
+            cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
+            theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+            grid = F.affine_grid(theta, [len(rotate), *images.shape[1:]], align_corners=False)
+            images = images.clone()
+            # nearest and zero fill: torchvision RandomRotation's defaults
+            images[rotate] = F.grid_sample(images[rotate], grid.to(images.dtype), mode="nearest", align_corners=False)
+        return augment(images, padding=0, flip=True)
