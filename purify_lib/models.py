@@ -1,4 +1,4 @@
-"""PreAct-ResNet18 (width as a parameter) and VGG19-BN, each split into ``features`` and ``head``.
+"""PreAct-ResNet18, ResNet-18 (width as a parameter) and VGG19-BN, each split into ``features`` and ``head``.
 
 Every model takes float images in [0, 1] and normalises them itself, so attacks and
 defenses work in pixel space.  ``model.features(x)`` gives the penultimate features,
@@ -31,6 +31,7 @@ class PreActBlock(nn.Module):
     def __init__(self, in_planes, planes, stride=1):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes)
+        self.act1 = nn.ReLU()  # a module, so activation clipping can follow it
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
@@ -39,7 +40,7 @@ class PreActBlock(nn.Module):
             self.shortcut = nn.Conv2d(in_planes, planes, 1, stride, bias=False)
 
     def forward(self, x):
-        out = F.relu(self.bn1(x))
+        out = self.act1(self.bn1(x))
         shortcut = self.shortcut(out) if self.shortcut is not None else x
         out = self.conv1(out)
         out = self.conv2(F.relu(self.bn2(out)))
@@ -54,8 +55,12 @@ class PreActResNet18(nn.Module):
     ReLU in between: 16 BatchNorm layers, the ones NFT masks and ANP prunes.
     """
 
-    # Where activation clipping (MM-BD, PAD) bounds channels: after the early stages.
-    clip_points = ("conv1", "layer1", "layer2")
+    # Where activation clipping (MM-BD, PAD) bounds channels: MM-BD clips the post-ReLU outputs of
+    # the stem, layer1 and layer2 of a standard ResNet-18.  Here those stage outputs are residual
+    # sums that a BatchNorm (whose scale may be negative, turning an upper bound into a lower one)
+    # and a ReLU follow, so the clips go after those ReLUs: the input activations of the first block
+    # of layer1, layer2 and layer3.
+    clip_points = ("layer1.0.act1", "layer2.0.act1", "layer3.0.act1")
     # Feature maps whose attention NAD distils (BackdoorBench: layer3 and layer4).
     attention_points = ("layer3", "layer4")
 
@@ -74,6 +79,49 @@ class PreActResNet18(nn.Module):
     def features(self, x):
         out = self.conv1(self.normalize(x))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        return F.adaptive_avg_pool2d(out, 1).flatten(1)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_planes, planes, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """The CIFAR ResNet-18 that FST, NFT and MM-BD train (3x3 stem, no max-pool, BatchNorm on the
+    projection shortcuts, a ReLU after every block); ``width`` is the first stage's channels (64 there)."""
+
+    clip_points = ("stem", "layer1", "layer2")  # post-ReLU, exactly where MM-BD's univ_bm.py clips
+    attention_points = ("layer3", "layer4")
+
+    def __init__(self, num_classes=10, width=64, dataset="cifar10"):
+        super().__init__()
+        self.normalize = Normalize(MEANS[dataset], STDS[dataset])
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        layers, in_planes = [], width
+        for stage, stride in enumerate((1, 2, 2, 2)):
+            planes = width * 2**stage
+            layers.append(nn.Sequential(BasicBlock(in_planes, planes, stride), BasicBlock(planes, planes, 1)))
+            in_planes = planes
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.head = nn.Linear(in_planes, num_classes)
+
+    def features(self, x):
+        out = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(self.normalize(x))))))
         return F.adaptive_avg_pool2d(out, 1).flatten(1)
 
     def forward(self, x):
@@ -110,7 +158,7 @@ class VGG19BN(nn.Module):
         return self.head(self.features(x))
 
 
-MODELS = {"preactresnet18": PreActResNet18, "vgg19bn": VGG19BN}
+MODELS = {"preactresnet18": PreActResNet18, "resnet18": ResNet18, "vgg19bn": VGG19BN}
 
 
 def make_model(name: str, num_classes: int = 10, width: int = 64, dataset: str = "cifar10") -> nn.Module:

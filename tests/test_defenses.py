@@ -82,12 +82,27 @@ def test_fst_keeps_head_norm_after_every_step(small):
     assert result.model is not model
 
 
-def test_lp_changes_only_the_head(small):
+def test_lp_tunes_only_the_head_and_by_default_reestimates_batchnorm(small):
+    """The official ft.py calls net.train() in LP too: BatchNorm statistics move, weights do not."""
     model, data = small
     result = purify("lp", model, data, epochs=2, batch_size=16).model
     before, after = model.state_dict(), result.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed == {"head.weight", "head.bias"}
+    assert {"head.weight", "head.bias"} <= changed
+    assert all(k.startswith("head.") or k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in changed)
+    assert any(k.endswith("running_mean") for k in changed)
+    frozen = purify("lp", model, data, epochs=2, batch_size=16, frozen_bn=True).model.state_dict()
+    assert {k for k in before if not torch.equal(before[k], frozen[k])} == {"head.weight", "head.bias"}
+
+
+@pytest.mark.parametrize("name", ["ft", "lp", "fe_tuning", "ft_init"])
+def test_fst_family_rescales_the_head_as_the_official_code_does(small, name):
+    model, data = small
+    original_norm = model.head.weight.norm().item()
+    projected = purify(name, model, data, epochs=1, batch_size=16, lr=0.5).model  # a large step, so the norm would move
+    assert abs(projected.head.weight.norm().item() - original_norm) < 1e-4
+    unprojected = purify(name, model, data, epochs=1, batch_size=16, lr=0.5, project_head=False).model
+    assert abs(unprojected.head.weight.norm().item() - original_norm) > 1e-3
 
 
 def test_fe_tuning_leaves_the_reinitialised_head_fixed(small):
@@ -158,6 +173,58 @@ def test_pad_keeps_exactly_n_c_per_class_with_lowest_sce(small):
         worst_kept = max(scores[list(kept)])
         best_dropped = min(scores[[m for m in members.tolist() if m not in kept]])
         assert worst_kept <= best_dropped
+
+
+@pytest.mark.parametrize("arch", ["preactresnet18", "resnet18"])
+def test_activation_clips_bound_post_relu_activations(arch):
+    """MM-BD clips ReLU outputs: every clipped tensor must be non-negative, so an upper bound stays an upper bound."""
+    from purify_lib.defenses.mmbd import ActivationClip, insert_clips
+
+    torch.manual_seed(0)
+    model = make_model(arch, 10, width=4).eval()
+    with torch.no_grad():  # negative BatchNorm scales, which turned a pre-BatchNorm clip into a lower bound
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(-1, 1)
+    clips = insert_clips(model)
+    assert len(clips) == 3
+    seen = []
+    hooks = [clip.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0])) for clip in clips]
+    model(torch.rand(4, 3, 32, 32))
+    for hook in hooks:
+        hook.remove()
+    assert len(seen) == 3 and all((x >= 0).all() and (x > 0).any() for x in seen)
+    assert all(isinstance(m, ActivationClip) for m in clips)
+
+
+def test_pad_ft_consistency_is_against_the_unaugmented_view(small, monkeypatch):
+    """Eq. 3: CE(softmax F(gamma(x)), softmax F(x)), the original's distribution a fixed target; Eq. 4's SCE on x."""
+    import importlib
+
+    pad = importlib.import_module("purify_lib.defenses.pad")  # the module; the package re-exports a function of that name
+
+    augmented = torch.randn(5, 10, requires_grad=True)
+    original = torch.randn(5, 10, requires_grad=True)
+    term = pad.consistency(augmented, original)
+    expected = torch.nn.functional.cross_entropy(augmented, torch.softmax(original, 1), reduction="none")
+    assert torch.allclose(term, expected, atol=1e-6)
+    term.sum().backward()
+    assert original.grad is None and augmented.grad.abs().sum() > 0
+
+    model, data = small
+    calls = []
+    real_consistency, real_sce = pad.consistency, pad.sce
+    monkeypatch.setattr(pad, "_views", lambda x: torch.zeros_like(x))  # every augmented view the same image
+    monkeypatch.setattr(pad, "consistency", lambda a, o: calls.append(("consistency", a, o)) or real_consistency(a, o))
+    monkeypatch.setattr(pad, "sce", lambda logits, y, alpha=0.5: calls.append(("sce", logits)) or real_sce(logits, y, alpha))
+    pad.pad_ft(model, data, n_c=3, clip_epochs=1, epochs=1, batch_size=30)
+    tuning = [c for c in calls if c[0] == "consistency"]
+    assert tuning
+    for _, aug, orig in tuning:
+        assert torch.allclose(aug, aug[:1].expand_as(aug))  # the views: one image, one output
+        assert not torch.allclose(orig, orig[:1].expand_as(orig))  # the originals: distinct images
+    sce_on_tuning = [c[1] for c in calls if c[0] == "sce" and c[1].requires_grad]
+    assert all(torch.equal(logits, orig) for logits, (_, _, orig) in zip(sce_on_tuning, tuning))
 
 
 def test_der_formula():

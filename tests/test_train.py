@@ -92,7 +92,7 @@ def test_wanet_warps_the_unaugmented_image_as_backdoorbench_does(images, post_au
 
 
 def test_models_split_into_features_and_head():
-    for name in ("preactresnet18", "vgg19bn"):
+    for name in ("preactresnet18", "resnet18", "vgg19bn"):
         model = make_model(name, 10, width=16).eval()
         x = torch.rand(2, 3, 32, 32)
         _, head = get_head(model)
@@ -108,3 +108,13 @@ def test_preact_resnet18_has_backdoorbench_shape():
     stages = model.layer4(model.layer3(model.layer2(model.layer1(model.conv1(model.normalize(x))))))
     assert torch.allclose(model.features(x), stages.mean((2, 3)), atol=1e-6)
     assert (model.features(x) < 0).any()  # no ReLU before pooling
+
+
+def test_resnet18_is_the_cifar_variant_fst_and_nft_train():
+    """3x3 stem, no max-pool, BatchNorm on projection shortcuts: 20 BatchNorm layers (17 + 3 shortcuts),
+    11.2M parameters at width 64, and a 32x32 input keeps its resolution through layer1."""
+    model = make_model("resnet18", 10, width=64).eval()
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 20
+    assert sum(p.numel() for p in model.parameters()) == 11_173_962
+    assert model.layer1(model.stem(torch.rand(1, 3, 32, 32))).shape == (1, 64, 32, 32)
+    assert (model.features(torch.rand(2, 3, 32, 32)) >= 0).all()  # a ReLU ends every block

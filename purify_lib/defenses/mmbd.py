@@ -2,16 +2,19 @@
 Backdoor Attacks with Arbitrary Backdoor Pattern Types Using a Maximum Margin Statistic",
 IEEE S&P 2024), used on its own and as PAD's clipping step.
 
-Per-channel upper bounds ``z`` are placed after the early stages (``model.clip_points``),
-start large (8), and are learned with Adam (lr 0.1) on a few samples so that the clipped
-model's logits stay close to the original's while the bounds shrink:
+Per-channel upper bounds ``z`` are placed on post-ReLU activations of the early stages
+(``model.clip_points``: where ``univ_bm.py`` clips a ResNet-18, or the nearest post-ReLU
+point of a PreAct network), start at 8, and are learned with Adam (lr 0.1, batch 200,
+50 epochs: the official values) so that the clipped model's logits stay close to the
+original's while the bounds shrink:
 
     min_z  MSE(f_z(x), f(x))  +  c * sum_k ||z_k||_2
 
-``c`` starts at 0.5 and, every 10 epochs after the 10th, is multiplied by 1.2 while the
-clipped model still agrees with the original on at least 95% of the samples, else divided
-by 1.2.  (The official code measures accuracy on samples the original classifies
-correctly, which is the same agreement.)  BatchNorm statistics stay fixed.
+As in ``univ_bm.py``, the samples the original model misclassifies are dropped from the
+clipping data first.  ``c`` starts at 0.5 and, every 10 epochs after the 10th, is multiplied
+by 1.2 while the clipped model still classifies at least 95% of the kept samples as the
+original does, else divided by 1.2; with 10 epochs or fewer it never adapts.  BatchNorm
+statistics stay fixed.
 """
 from __future__ import annotations
 
@@ -69,6 +72,10 @@ def learn_clipping(model, data, evaluator=None, *, epochs=50, lr=0.1, batch_size
     bounds = frozen_except(model, [clip.bound for clip in clips])
     weight = {"c": c}
     reference_preds = predict(reference, data.images)
+    correct = torch.nonzero(reference_preds == data.labels).squeeze(1)
+    if len(correct) == 0:
+        raise PurifyError(f"{method}: the model misclassifies all {len(data)} clipping samples; none is left to learn bounds on")
+    data, reference_preds = data.subset(correct), reference_preds[correct]
 
     def loss_fn(net, x, y):
         with torch.no_grad():
@@ -84,7 +91,7 @@ def learn_clipping(model, data, evaluator=None, *, epochs=50, lr=0.1, batch_size
                    loss_fn=loss_fn, on_epoch=adapt, evaluator=evaluator, augment_data=False, frozen_eval=[model],
                    seed=seed, progress=progress, desc=method)
     frozen_except(model, list(model.parameters()))
-    extra = {"final_c": weight["c"], "mean_bound": [b.detach().mean().item() for b in bounds]}
+    extra = {"final_c": weight["c"], "mean_bound": [b.detach().mean().item() for b in bounds], "clip_samples": len(data)}
     return model.eval(), history, extra
 
 
