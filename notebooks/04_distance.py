@@ -46,9 +46,9 @@ from purify_lib.run import Run
 
 DEFAULTS = {
     "smoke": dict(victims=["blended:0.1"], path_points=3, eps_values=[0.1], lambda_values=[10.0]),
-    "cpu": dict(victims=["badnets:0.1", "blended:0.1"], path_points=9, eps_values=[0.05, 0.1, 0.3], lambda_values=[1.0, 10.0]),
+    "cpu": dict(victims=["badnets:0.1", "blended:0.1"], path_points=9, eps_values=[0.05, 0.1, 0.3], lambda_values=[0.5, 10.0]),
     "paper": dict(victims=["badnets:0.1", "blended:0.1", "wanet:0.1"], path_points=21, eps_values=[0.0, 0.05, 0.1, 0.2, 0.3, 0.5],
-                  lambda_values=[1.0, 10.0, 20.0, 30.0, 40.0]),
+                  lambda_values=[0.5, 1.0, 10.0, 20.0, 30.0, 40.0]),
 }
 run = Run("04_distance", profile, device, seed)
 s = run.settings(DEFAULTS, victims=victims, path_points=path_points, eps_values=eps_values, lambda_values=lambda_values)
@@ -104,6 +104,7 @@ distances.round(3)
 # ## D3's eps and lambda (D3 Tables 6–7)
 #
 # One victim, the first of `victims`; everything else at D3's defaults (lambda 10, eps 0.1).
+# The lambda sweep includes both published values: the paper's 10 and the official code's 0.5.
 
 # %%
 attack, rate = parse_specs(s["victims"])[0]

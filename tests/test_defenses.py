@@ -227,6 +227,34 @@ def test_pad_ft_consistency_is_against_the_unaugmented_view(small, monkeypatch):
     assert all(torch.equal(logits, orig) for logits, (_, _, orig) in zip(sce_on_tuning, tuning))
 
 
+def test_d3_hinge_per_sample_or_on_the_mean(small):
+    model, data = small
+    # eps near an untrained model's CE (ln 10), so some samples sit below it and some above
+    per_sample = purify("d3", model, data, epochs=1, batch_size=32, lmd=10.0, eps=2.3)
+    on_mean = purify("d3", model, data, epochs=1, batch_size=32, lmd=10.0, eps=2.3, hinge="mean")
+    assert per_sample.params["hinge"] == "per_sample" and on_mean.params["hinge"] == "mean"
+    assert not torch.equal(per_sample.model.conv1.weight, on_mean.model.conv1.weight)
+    with pytest.raises(PurifyError, match="unknown D3 hinge 'max'; allowed: mean, per_sample"):
+        purify("d3", model, data, hinge="max")
+
+
+def test_ft_sam_rate_cycles_every_200_steps_as_backdoorbench_steps_it(small, monkeypatch):
+    import importlib
+
+    ftsam = importlib.import_module("purify_lib.defenses.ftsam")
+    seen = {}
+    real_tune = ftsam.tune
+    monkeypatch.setattr(ftsam, "tune", lambda *a, schedule, **k: seen.setdefault("schedule", schedule) and real_tune(*a, schedule=schedule, **k))
+    model, data = small
+    purify("ft_sam", model, data, epochs=1, batch_size=32)
+    multiplier = seen["schedule"]
+    assert multiplier(0) == pytest.approx(1) and multiplier(100) == pytest.approx(0, abs=1e-12)
+    assert multiplier(200) == pytest.approx(1) and multiplier(50) == pytest.approx(0.5)
+    seen.clear()
+    purify("ft_sam", model, data, epochs=1, batch_size=32, lr_period=None)
+    assert seen["schedule"] == "cosine"
+
+
 def test_der_formula():
     assert der({"acc": 90, "asr": 100}, {"acc": 90, "asr": 0}) == 1.0
     assert der({"acc": 90, "asr": 100}, {"acc": 80, "asr": 100}) == pytest.approx(0.45)

@@ -9,7 +9,10 @@ with each selected ``W_l`` projected back onto the sphere ``||W_l||_F = ||W_l^0|
 every step and warm-started at a random point of that sphere.  As in the official code the
 whole network is optimised (SGD, momentum 0.9, cosine), the distance acts on the selected
 weights only, and the loss is divided by ``lambda + 1`` when ``lambda > 1``.
-``lmd`` defaults to the paper's 10; the official code uses 0.5.  ``eps`` 0.1.
+``lmd`` defaults to the paper's 10; the official code uses 0.5.  ``eps`` 0.1.  The hinge is
+per sample as in the official code (``hinge="per_sample"``); the paper's Eq. 4 puts it on the
+batch mean, ``relu(mean_i CE_i - eps)`` (``hinge="mean"``), which lets some samples' loss
+exceed eps as long as the average does not.
 """
 from __future__ import annotations
 
@@ -19,8 +22,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import PurifyError
+from ..errors import PurifyError, choose
 from .base import Defended, rescale_, timed, tune
+
+HINGES = ("per_sample", "mean")
 
 
 def selected_weights(model: nn.Module, layers) -> list[nn.Parameter]:
@@ -37,9 +42,11 @@ def selected_weights(model: nn.Module, layers) -> list[nn.Parameter]:
 
 
 def d3(model, data, evaluator=None, *, layers=("head",), lmd=10.0, eps=0.1, epochs=100, lr=0.01, batch_size=256,
-       warm_start=True, seed=0, progress=False) -> Defended:
+       warm_start=True, hinge="per_sample", seed=0, progress=False) -> Defended:
     """Distance-driven detoxification (D3 Eq. 3 with the hinge relaxation and norm projection)."""
-    params = dict(layers=list(layers), lmd=lmd, eps=eps, epochs=epochs, lr=lr, batch_size=batch_size, warm_start=warm_start, seed=seed)
+    choose("D3 hinge", hinge, HINGES)
+    params = dict(layers=list(layers), lmd=lmd, eps=eps, epochs=epochs, lr=lr, batch_size=batch_size, warm_start=warm_start,
+                  hinge=hinge, seed=seed)
     model = copy.deepcopy(model)
     weights = selected_weights(model, layers)
     originals = [w.detach().clone() for w in weights]
@@ -52,9 +59,10 @@ def d3(model, data, evaluator=None, *, layers=("head",), lmd=10.0, eps=0.1, epoc
                 rescale_(w, norm)
 
     def loss_fn(net, x, y):
-        hinge = F.relu(F.cross_entropy(net(x), y, reduction="none") - eps).mean()
+        losses = F.cross_entropy(net(x), y, reduction="none")
+        penalty = F.relu(losses - eps).mean() if hinge == "per_sample" else F.relu(losses.mean() - eps)
         distance = sum((w - w0).norm() for w, w0 in zip(weights, originals))
-        loss = lmd * hinge - distance
+        loss = lmd * penalty - distance
         return loss / (lmd + 1) if lmd > 1 else loss
 
     def project(net):
