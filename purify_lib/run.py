@@ -13,7 +13,7 @@ import pandas as pd
 from filelock import FileLock
 
 from . import plots
-from .defenses import defend
+from .defend import defend
 from .files import atomic_path
 from .metrics import der, pick_device
 from .profiles import get_profile
@@ -43,7 +43,7 @@ class Run:
         return self.victims[key]
 
     def defend(self, victim, name: str, **params):
-        """``defenses.defend`` with this run's profile and seed; results are cached beside the zoo."""
+        """``defend.defend`` with this run's profile and seed; results are cached beside the zoo."""
         params.setdefault("seed", self.seed)
         return defend(victim, name, self.profile, **params)
 

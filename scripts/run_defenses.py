@@ -12,7 +12,8 @@ import csv
 from pathlib import Path
 
 from purify_lib.cli import parse_specs, run_cli
-from purify_lib.defenses import DEFENSES, defend
+from purify_lib.defend import defend
+from purify_lib.defenses import DEFENSES
 from purify_lib.errors import choose
 from purify_lib.metrics import Evaluator, der
 from purify_lib.profiles import PROFILES, default_profile_name, get_profile

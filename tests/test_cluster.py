@@ -92,7 +92,7 @@ def test_killed_run_resumes_where_it_stopped(tmp_path, shared_zoo):
 
 
 def test_same_seed_same_metrics(isolated_cache):
-    from purify_lib.defenses import defend
+    from purify_lib.defend import defend
     from purify_lib.train import Recipe
     from purify_lib.zoo import get_victim
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from purify_lib import analysis
-from purify_lib.defenses import defend
+from purify_lib.defend import defend
 from purify_lib.models import make_model
 from purify_lib.train import Recipe
 from purify_lib.zoo import get_victim

@@ -119,7 +119,7 @@ def test_poisoned_train_matches_the_record_and_lc_trains_its_clean_model_once(is
 
 
 def test_defend_uses_the_papers_defense_data(isolated_cache):
-    from purify_lib.defenses import defend
+    from purify_lib.defend import defend
 
     victim = get_victim("badnets", 0.1, recipe=tiny_recipe(), reserve_fraction=0.05, **TINY)
     fst = defend(victim, "fst", epochs=1)
@@ -134,7 +134,7 @@ def test_defend_uses_the_papers_defense_data(isolated_cache):
 
 def test_each_precision_is_its_own_victim_and_defense_entry(isolated_cache, monkeypatch):
     from purify_lib import precision
-    from purify_lib.defenses import defend
+    from purify_lib.defend import defend
 
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)  # what is tested is the key, not the arithmetic
     monkeypatch.setenv("PURIFY_PRECISION", "fp32")

@@ -3,7 +3,9 @@
 ``purify(name, model, data, evaluator=None, **params)`` runs any of them with its paper's
 defaults, after checking the name, the parameter names and the defense data.  The PAD family
 takes the *poisoned training set* as ``data`` (it needs no clean data); every other method
-takes the clean defense data.
+takes the clean defense data.  Defenses are pure (model, data -> model) and know nothing of
+the zoo: ``purify_lib.defend.defend`` runs one on a zoo victim, with its paper's defense data,
+and caches the result.
 """
 from __future__ import annotations
 
@@ -49,45 +51,4 @@ def purify(name: str, model, data, evaluator=None, **params) -> Defended:
     return DEFENSES[name](model, data, evaluator, **params)
 
 
-def defend(victim, name: str, profile=None, evaluate: bool = True, data_fraction: float | None = None,
-           per_class: int | None = None, cache: bool = True, **params) -> Defended:
-    """Run defense ``name`` on a zoo victim: the paper's defense data, the profile's budget, ``params`` on top.
-
-    The PAD family gets the victim's poisoned training set (and its poisoned indices, for the
-    report); every other method a class-balanced share of the clean reserve: ``data_fraction``
-    of the full training set (default: the paper's), or ``per_class`` images of each class
-    (``per_class=1`` is NFT's one-shot setting).  With ``cache`` (the default) the purified
-    model and its report are stored beside the victim zoo and a repeated call loads them.
-    """
-    from ..metrics import Evaluator
-    from ..profiles import get_profile
-
-    choose("defense", name, DEFENSES)
-    settings = {**get_profile(profile or victim.profile).defense_params(name), **params}
-    if name in NEEDS_POISONED_DATA:
-        poisoned = victim.poisoned_train()
-        data = poisoned.data
-        settings.setdefault("poisoned", poisoned.poisoned)
-    else:
-        if per_class is not None:
-            data_fraction = per_class * victim.splits.num_classes / victim.splits.full_train_size
-        data = victim.splits.defense_data(data_fraction or DATA_FRACTION.get(name, DEFAULT_FRACTION))
-    evaluator = Evaluator(victim.splits.test, victim.attack) if evaluate else None
-    # Checked here as well as in purify, so a bad name fails before a cached entry is looked up.
-    unknown = sorted(set(settings) - set(parameters_of(name)))
-    if unknown:
-        raise PurifyError(f"unknown parameter(s) {', '.join(unknown)} for defense {name!r}; allowed: {', '.join(parameters_of(name))}")
-
-    def run():
-        return purify(name, victim.model, data, evaluator, **settings)
-
-    if not cache:
-        return run()
-    from ..zoo import zoo_dir
-    from .cache import cached_defense
-
-    spec = {"poisoned_train": True} if name in NEEDS_POISONED_DATA else {"fraction": data_fraction or DATA_FRACTION.get(name, DEFAULT_FRACTION), "size": len(data)}
-    return cached_defense(victim, name, settings, spec, evaluate, run, zoo_dir() / "defended")
-
-
-__all__ = ["DATA_FRACTION", "DEFENSES", "defend", "NEEDS_POISONED_DATA", "Defended", "parameters_of", "purify"]
+__all__ = ["DATA_FRACTION", "DEFAULT_FRACTION", "DEFENSES", "NEEDS_POISONED_DATA", "Defended", "parameters_of", "purify"]

@@ -1,0 +1,121 @@
+"""Defenses run on zoo victims, and their results cached beside the zoo.
+
+``defend(victim, name)`` gives a defense its paper's defense data (a class-balanced share of the
+clean reserve, or the poisoned training set for the PAD family) and the profile's budget, and
+stores the purified model so that no notebook runs the same defense twice.  It sits one floor
+above ``defenses/``, which knows nothing of the zoo.
+
+A cache entry is keyed by the victim's own key, the defense, every setting, the defense data and
+a digest of the defense code itself: editing any defense (or the tuning loop) makes its old
+entries misses rather than stale hits.  Entries use the zoo's checkpoint format (state dict
+loaded with ``weights_only=True`` after a SHA-256 check; JSON record written last) and its
+file lock, so concurrent jobs on a shared filesystem run each defense once.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+
+from .defenses import DATA_FRACTION, DEFAULT_FRACTION, DEFENSES, NEEDS_POISONED_DATA, Defended, parameters_of, purify
+from .defenses.mmbd import insert_clips
+from .errors import PurifyError, choose
+from .files import load_checkpoint, save_checkpoint
+from .metrics import Evaluator
+from .precision import resolve_precision
+from .profiles import get_profile
+from .zoo import zoo_dir
+
+# Defenses whose purified model carries activation-clipping layers the victim does not have.
+CLIPPED = {"mmbd", "pad", "pad_ft"}
+_CODE = [Path(__file__), *sorted((Path(__file__).parent / "defenses").glob("*.py")),
+         *(Path(__file__).parent / name for name in ("models.py", "metrics.py", "train.py", "data.py", "precision.py"))]
+
+
+def code_digest() -> str:
+    """SHA-256 over this module, the defense modules and the code they run on (tuning loop, models, metrics, data)."""
+    digest = hashlib.sha256()
+    for path in _CODE:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _jsonable(value):
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def cached_defense(victim, name: str, settings: dict, data_spec: dict, evaluate: bool, run, folder: Path) -> Defended:
+    """``run()`` (a defense call on ``victim``), or its stored result when this exact call was made before."""
+    precision = resolve_precision(next(victim.model.parameters()).device)
+    config = {"victim": victim.record["key"], "defense": name, "data": data_spec, "evaluate": evaluate, "code": code_digest(),
+              "precision": precision,
+              "settings": _jsonable({k: v for k, v in settings.items() if k not in ("poisoned", "progress")})}
+    key = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    label = f"{Path(victim.path).stem}--{name}-{key}"
+    weights, record_path = folder / f"{label}.pt", folder / f"{label}.json"
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder / f"{label}.lock")):
+        if record_path.exists():
+            model = copy.deepcopy(victim.model).cpu()
+            if name in CLIPPED:
+                insert_clips(model)
+            try:
+                record = load_checkpoint(model, weights, record_path)
+                device = next(victim.model.parameters()).device
+                return Defended(model.to(device).eval(), name, record["params"], record["seconds"], record["history"],
+                                record["extra"], cache_hit=True)
+            except Exception as exc:  # truncated or tampered: run the defense again rather than trust it
+                warnings.warn(f"cached defense {weights.name} is unusable ({exc}); running it again", stacklevel=3)
+        result = run()
+        save_checkpoint(result.model, weights, record_path, {
+            "config": config, "key": key, "params": _jsonable(result.params), "seconds": round(result.seconds, 2),
+            "history": result.history, "extra": _jsonable(result.extra), "device": str(next(result.model.parameters()).device),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        return result
+
+
+def defend(victim, name: str, profile=None, evaluate: bool = True, data_fraction: float | None = None,
+           per_class: int | None = None, cache: bool = True, **params) -> Defended:
+    """Run defense ``name`` on a zoo victim: the paper's defense data, the profile's budget, ``params`` on top.
+
+    The PAD family gets the victim's poisoned training set (and its poisoned indices, for the
+    report); every other method a class-balanced share of the clean reserve: ``data_fraction``
+    of the full training set (default: the paper's), or ``per_class`` images of each class
+    (``per_class=1`` is NFT's one-shot setting).  With ``cache`` (the default) the purified
+    model and its report are stored beside the victim zoo and a repeated call loads them.
+    """
+    choose("defense", name, DEFENSES)
+    settings = {**get_profile(profile or victim.profile).defense_params(name), **params}
+    if name in NEEDS_POISONED_DATA:
+        poisoned = victim.poisoned_train()
+        data = poisoned.data
+        settings.setdefault("poisoned", poisoned.poisoned)
+    else:
+        if per_class is not None:
+            data_fraction = per_class * victim.splits.num_classes / victim.splits.full_train_size
+        data = victim.splits.defense_data(data_fraction or DATA_FRACTION.get(name, DEFAULT_FRACTION))
+    evaluator = Evaluator(victim.splits.test, victim.attack) if evaluate else None
+    # Checked here as well as in purify, so a bad name fails before a cached entry is looked up.
+    unknown = sorted(set(settings) - set(parameters_of(name)))
+    if unknown:
+        raise PurifyError(f"unknown parameter(s) {', '.join(unknown)} for defense {name!r}; allowed: {', '.join(parameters_of(name))}")
+
+    def run():
+        return purify(name, victim.model, data, evaluator, **settings)
+
+    if not cache:
+        return run()
+    spec = {"poisoned_train": True} if name in NEEDS_POISONED_DATA else {"fraction": data_fraction or DATA_FRACTION.get(name, DEFAULT_FRACTION), "size": len(data)}
+    return cached_defense(victim, name, settings, spec, evaluate, run, zoo_dir() / "defended")
