@@ -79,8 +79,10 @@ class Victim:
 
 
 def victim_config(profile: Profile, attack: Attack | None, poison_rate: float, data_source: str, split_seed: int,
-                  precision: str) -> dict:
+                  precision: str, adversarial_eps: float = 0.0) -> dict:
     return {
+        # only when set, so every other victim keeps its key
+        **({"adversarial_eps": round(adversarial_eps, 6)} if adversarial_eps else {}),
         "format": ZOO_FORMAT,
         "data": data_source,
         "split_seed": split_seed,
@@ -103,10 +105,11 @@ def config_key(config: dict) -> str:
 def get_victim(attack: str | None = "badnets", poison_rate: float = 0.1, profile: str | Profile | None = None, *,
                attack_params: dict | None = None, split_seed: int = 0, device=None, data_root=None,
                zoo: str | os.PathLike | None = None, progress: bool = True, precision: str | None = None,
-               **profile_overrides) -> Victim:
+               adversarial_eps: float = 0.0, **profile_overrides) -> Victim:
     """The victim for this attack, rate and profile: from the zoo, or trained and stored there.
 
-    ``attack=None`` gives a clean model.  Every input is checked before any training.
+    ``attack=None`` gives a clean model, adversarially trained when ``adversarial_eps > 0``
+    (``train.fgsm_rs``; LC crafts its poisons against one).  Every input is checked before any training.
     ``precision`` (default ``$PURIFY_PRECISION``, else ``auto``) is resolved for the device and
     is part of the key: a victim trained in bf16 is never served for fp32, nor the reverse.
     """
@@ -117,9 +120,12 @@ def get_victim(attack: str | None = "badnets", poison_rate: float = 0.1, profile
     attack_obj = _checked_attack(attack, attack_params, poison_rate, splits)
     model = make_model(profile.model, dataset.num_classes, profile.width, profile.dataset)
 
-    config = victim_config(profile, attack_obj, poison_rate, dataset.source, split_seed, precision)
+    if adversarial_eps and attack is not None:
+        raise PurifyError(f"adversarial_eps={adversarial_eps} is for clean models only (attack=None), not {attack!r}")
+    config = victim_config(profile, attack_obj, poison_rate, dataset.source, split_seed, precision, adversarial_eps)
     key = config_key(config)
-    label = f"{attack or 'clean'}-{poison_rate:g}-{profile.model}-w{profile.width}-{key}" if attack else f"clean-{profile.model}-w{profile.width}-{key}"
+    clean = "clean-adv" if adversarial_eps else "clean"
+    label = f"{attack}-{poison_rate:g}-{profile.model}-w{profile.width}-{key}" if attack else f"{clean}-{profile.model}-w{profile.width}-{key}"
     folder = Path(zoo) if zoo is not None else zoo_dir()
     folder.mkdir(parents=True, exist_ok=True)
     weights, record_path = folder / f"{label}.pt", folder / f"{label}.json"
@@ -149,9 +155,11 @@ def _profile_splits(profile: Profile, split_seed: int, data_root=None):
 
 def _attach_clean_model(attack: Attack, profile: Profile, split_seed: int, zoo: Path, device=None, data_root=None,
                         progress: bool = False, precision: str | None = None) -> None:
-    """Give a clean-label attack that crafts against a clean model (LC) that model, from the same zoo."""
+    """Give a clean-label attack that crafts against a clean model (LC) that model, from the same zoo:
+    adversarially trained at the attack's ``model_eps`` (0: a plain clean model)."""
     attack.clean_model = get_victim(None, 0.0, profile, split_seed=split_seed, device=device, data_root=data_root,
-                                    zoo=zoo, progress=progress, precision=precision).model
+                                    zoo=zoo, progress=progress, precision=precision,
+                                    adversarial_eps=getattr(attack, "model_eps", 0.0)).model
 
 
 def _checked_attack(attack, attack_params, poison_rate, splits: Splits) -> Attack | None:
@@ -193,7 +201,8 @@ def _build(model, attack, poison_rate, splits, profile, config, device, progress
         poisoned = attack.poison(splits.train, poison_rate, seed=config["split_seed"])
         train_set, poisoned_indices = poisoned.data, poisoned.poisoned.tolist()
     model.to(device)
-    train_model(model, train_set, profile.recipe, attack, poison_rate, progress=progress, precision=config["precision"])
+    train_model(model, train_set, profile.recipe, attack, poison_rate, progress=progress, precision=config["precision"],
+                adversarial_eps=config.get("adversarial_eps", 0.0))
     seconds = time.perf_counter() - started
     metrics = evaluate(model, splits.test, attack, precision=config["precision"])
     record = {

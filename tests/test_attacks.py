@@ -97,9 +97,25 @@ def test_lc_needs_clean_model_then_perturbs_within_eps(images):
     assert torch.equal(result.data.labels, images.labels)
     changed = result.data.images[result.poisoned].int()
     original = images.images[result.poisoned].int()
-    assert (changed[:, :, 29:, 29:] == 255).all()
-    body = (changed - original)[:, :, :29, :29].abs()
-    assert body.max() <= 16 + 1 and body.max() > 0
+    mask = attack.mask.expand_as(changed[0])
+    assert torch.equal(changed[:, mask], attack.pattern.int()[mask].expand(len(changed), -1))  # the trigger, exactly
+    budget = round(attack.eps * 255) + 1  # PGD works in [0, 1]; the uint8 rounding adds at most one level
+    assert (changed[:, ~mask] - original[:, ~mask]).abs().max() <= budget
+    assert (changed[:, ~mask] != original[:, ~mask]).any()
+
+
+def test_lc_defaults_are_backdoorbench_s():
+    attack = make_attack("lc")
+    assert (attack.eps, attack.steps, attack.step_size, attack.model_eps) == (8 / 255, 100, 1.5 / 255, 8 / 255)
+    board = torch.tensor([[255, 0, 255], [0, 255, 0], [255, 0, 255]], dtype=torch.uint8)
+    for rows in (slice(0, 3), slice(29, 32)):
+        for cols in (slice(0, 3), slice(29, 32)):
+            assert (attack.pattern[:, rows, cols] == board).all() and attack.mask[0, rows, cols].all()
+    assert int(attack.mask.sum()) == 36
+    gray = torch.full((2, 3, 32, 32), 128, dtype=torch.uint8)
+    triggered = attack.apply(gray)
+    assert torch.equal(triggered.flip(3), attack.apply(gray.flip(3)))  # a flip leaves the trigger in place
+    assert (triggered[:, :, 0, 1] == 0).all()  # the board's black squares are written too
 
 
 def test_clean_label_rate_beyond_target_class_fails(images):

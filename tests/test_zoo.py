@@ -110,7 +110,9 @@ def test_poisoned_train_matches_the_record_and_lc_trains_its_clean_model_once(is
     assert (poisoned.data.labels[poisoned.poisoned] == 0).all()
 
     lc = get_victim("lc", 0.05, recipe=tiny_recipe(), attack_params={"steps": 1}, **TINY)
-    assert len(list(isolated_cache.glob("clean-*.json"))) == 1  # the clean model LC attacks, stored once
+    adversarial = list(isolated_cache.glob("clean-adv-*.json"))
+    assert len(adversarial) == 1  # the adversarially trained model LC attacks, stored once
+    assert json.loads(adversarial[0].read_text())["config"]["adversarial_eps"] == round(8 / 255, 6)
     again = get_victim("lc", 0.05, recipe=tiny_recipe(), attack_params={"steps": 1}, **TINY)
     assert again.cache_hit and again.attack.clean_model is None
     recomputed = again.poisoned_train()  # fetches the clean model from the zoo, trains nothing
