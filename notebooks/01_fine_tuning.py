@@ -98,6 +98,12 @@ sweep[~sweep["attack"].isin(s["attacks"])].round(1)
 #
 # LP tunes the head only; FE-tuning re-initialises the head, freezes it and tunes the rest; FT tunes
 # everything; FT-init re-initialises the head and tunes everything. All at FST's learning rate 0.01.
+#
+# **Which variant this table shows.** FST's Table 1 comes from its official `fine_tune/ft.py`, which
+# rescales the head to its original norm after every step in every mode and keeps the network in
+# train mode, so LP re-estimates the BatchNorm statistics. That is what runs here (the defaults,
+# `project_head=True`, `frozen_bn=False`). The modes as the paper's §3 describes them, without the
+# rescaling and with a truly frozen LP, are `project_head=False` (and `frozen_bn=True` for LP).
 
 # %%
 modes = ["lp", "fe_tuning", "ft", "ft_init"]

@@ -40,10 +40,9 @@ class Profile:
 # code's 1000 steps (about two minutes here): at 300 steps BadNets-10% kept 91% ASR, at 1000 73%.
 # ANP keeps the paper's 2000 steps (about eight minutes here): at 200, BadNets-10% kept its ASR
 # (95% -> 95%); at 2000, ASR fell from 90% to 43% on a retrained victim of the same key.
+# PAD and PAD-FT keep MM-BD's 50 clipping epochs: with 10, its lambda never adapted (that needs epoch > 10).
 CPU_DEFENSES = {
     "d3": {"epochs": 20},
-    "pad": {"clip_epochs": 10},
-    "pad_ft": {"clip_epochs": 10},
     "ft_sam": {"epochs": 10},
     "ibau": {"rounds": 3},
 }

@@ -160,3 +160,29 @@ def test_finished_run_lists_its_verdicts_beside_its_figures(tmp_path, monkeypatc
     assert table[2:6] == ["| verdict | claim | measured |", "|---|---|---|", "| PASS | a holds | 1% |", "| DIFFERS | b holds | 2% |"]
     manifest = json.loads((run.figures / "manifest.json").read_text())
     assert manifest["claims_nb.md"]["notebook"] == "nb" and manifest["claims_nb.csv"]["profile"] == "smoke"
+
+
+def test_every_deviation_switch_is_a_real_parameter():
+    """docs/deviations.md names a switch for each deviation; each must be a parameter that exists and accepts that value."""
+    import ast
+    import re
+    from dataclasses import fields
+    from pathlib import Path
+
+    from purify_lib.attacks import ATTACKS, make_attack
+    from purify_lib.defenses import DEFENSES, parameters_of
+    from purify_lib.profiles import Profile
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "deviations.md").read_text()
+    switch_cells = [line.rstrip(" |").rsplit("|", 1)[-1] for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    calls = [(name, args) for cell in switch_cells for name, args in re.findall(r"`(\w+)\(([^`]*)\)`", cell)]
+    assert len(calls) >= 15, calls
+    for name, args in calls:
+        keywords = {k.arg: ast.literal_eval(k.value) for k in ast.parse(f"f({args})").body[0].value.keywords}
+        if name == "Profile":
+            assert set(keywords) <= {f.name for f in fields(Profile)}, (name, keywords)
+        elif name in ATTACKS:
+            assert make_attack(name, **keywords).params(), (name, keywords)
+        else:
+            assert name in DEFENSES, name
+            assert set(keywords) <= set(parameters_of(name)), (name, keywords, parameters_of(name))
