@@ -57,6 +57,44 @@ def parse_parameters(pairs: list[str]) -> dict:
     return parameters
 
 
+def notebook_parameters(name: str) -> dict:
+    """The names and default values of a notebook's ``parameters`` cell (read from its source, nothing run)."""
+    import ast
+
+    import jupytext
+
+    for cell in jupytext.read(NOTEBOOKS / f"{name}.py").cells:
+        if "parameters" in cell.metadata.get("tags", []):
+            tree = ast.parse(cell.source)
+            return {target.id: ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                    for target in node.targets if isinstance(target, ast.Name)}
+    return {}
+
+
+def _kind(value) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a JSON list"}.get(type(value), type(value).__name__)
+
+
+def check_parameters(names: list[str], parameters: dict) -> None:
+    """Each of ``parameters`` must be in the parameters cell of at least one of the notebooks ``names``,
+    with a value of the kind its default has there; else one line naming the parameter, the value and what is expected."""
+    from .errors import PurifyError
+
+    declared = {name: notebook_parameters(name) for name in names}
+    for key, value in parameters.items():
+        owners = {name: cell[key] for name, cell in declared.items() if key in cell}
+        if not owners:
+            allowed = sorted({k for cell in declared.values() for k in cell})
+            raise PurifyError(f"unknown notebook parameter {key!r} (given {key}={json.dumps(value)}); "
+                              f"the parameters of {', '.join(names)} are: {', '.join(allowed)}")
+        for name, default in owners.items():
+            fits = isinstance(value, type(default)) and not (isinstance(value, bool) and not isinstance(default, bool))
+            fits = fits or (isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool))
+            if not fits:
+                raise PurifyError(f"parameter {key}={json.dumps(value)} is {_kind(value)}; {name} expects {_kind(default)} "
+                                  f"(its default is {key} = {default!r})")
+
+
 def expand_grid(pairs: list[str]) -> list[dict]:
     """``["seed=[0,1]", "per_group=[50,100]"]`` -> the 4 points of their product (``[{}]`` without a grid)."""
     from itertools import product

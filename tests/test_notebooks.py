@@ -115,6 +115,10 @@ def test_nbval_lax_on_converted_notebooks(smoke_env, tmp_path):
     (["--profile", "huge"], "error: unknown profile 'huge'; allowed: cpu, paper, smoke"),
     (["--only", "99"], "error: unknown notebook '99'; allowed: 01_fine_tuning"),
     (["-p", "seed"], "error: parameter 'seed' is not name=value"),
+    (["-p", "rates=abc"], "error: parameter rates=\"abc\" is a string; 01_fine_tuning expects a JSON list (its default is rates = [])"),
+    (["-p", "colour=1"], "error: unknown notebook parameter 'colour' (given colour=1); the parameters of 01_fine_tuning"),
+    (["--only", "04", "-p", "path_points=2.5"], "error: parameter path_points=2.5 is a number; 04_distance expects an integer"),
+    (["--only", "02", "--grid", "per_group=[20,\"x\"]"], "error: parameter per_group=\"x\" is a string; 02_feature_shift expects an integer"),
 ])
 def test_run_all_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     env = {**os.environ, "PURIFY_BUILD": str(tmp_path / "build"), "PURIFY_ZOO": str(tmp_path / "zoo")}
@@ -122,4 +126,5 @@ def test_run_all_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+    # nothing ran: a notebook would have made the build folder (how fast it fails is measured, not asserted)
     assert not (tmp_path / "build").exists() and not (tmp_path / "zoo").exists()
