@@ -47,6 +47,16 @@ class PreActBlock(nn.Module):
         return out + shortcut
 
 
+def resnet_stages(block, width: int) -> list[nn.Sequential]:
+    """ResNet-18's four stages of two blocks: ``width`` channels doubling, resolution halving, stage by stage."""
+    layers, in_planes = [], width
+    for stage, stride in enumerate((1, 2, 2, 2)):
+        planes = width * 2**stage
+        layers.append(nn.Sequential(block(in_planes, planes, stride), block(planes, planes, 1)))
+        in_planes = planes
+    return layers
+
+
 class PreActResNet18(nn.Module):
     """PreAct-ResNet18 as in BackdoorBench (``models/preact_resnet.py``); ``width`` is the first
     stage's channels (64 in the papers).
@@ -68,13 +78,8 @@ class PreActResNet18(nn.Module):
         super().__init__()
         self.normalize = Normalize(MEANS[dataset], STDS[dataset])
         self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
-        layers, in_planes = [], width
-        for stage, stride in enumerate((1, 2, 2, 2)):
-            planes = width * 2**stage
-            layers.append(nn.Sequential(PreActBlock(in_planes, planes, stride), PreActBlock(planes, planes, 1)))
-            in_planes = planes
-        self.layer1, self.layer2, self.layer3, self.layer4 = layers
-        self.head = nn.Linear(in_planes, num_classes)
+        self.layer1, self.layer2, self.layer3, self.layer4 = resnet_stages(PreActBlock, width)
+        self.head = nn.Linear(width * 8, num_classes)
 
     def features(self, x):
         out = self.conv1(self.normalize(x))
@@ -112,13 +117,8 @@ class ResNet18(nn.Module):
         super().__init__()
         self.normalize = Normalize(MEANS[dataset], STDS[dataset])
         self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
-        layers, in_planes = [], width
-        for stage, stride in enumerate((1, 2, 2, 2)):
-            planes = width * 2**stage
-            layers.append(nn.Sequential(BasicBlock(in_planes, planes, stride), BasicBlock(planes, planes, 1)))
-            in_planes = planes
-        self.layer1, self.layer2, self.layer3, self.layer4 = layers
-        self.head = nn.Linear(in_planes, num_classes)
+        self.layer1, self.layer2, self.layer3, self.layer4 = resnet_stages(BasicBlock, width)
+        self.head = nn.Linear(width * 8, num_classes)
 
     def features(self, x):
         out = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(self.normalize(x))))))
