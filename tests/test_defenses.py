@@ -327,6 +327,9 @@ def _run_on_test_victim(backdoored, name):
     victim = copy.deepcopy(backdoored["model"])
     result = purify(name, victim, data, backdoored["evaluator"], **FAST[name], **extra)
     after = backdoored["evaluator"](result.model)
+    before = backdoored["before"]
+    # shown with pytest -rP: what each defense did to the test victim on the machine that ran it
+    print(f"{name}: ACC {before['acc']:.1f} -> {after['acc']:.1f}, ASR {before['asr']:.1f} -> {after['asr']:.1f}")
     assert result.history[-1]["asr"] == pytest.approx(after["asr"])
     assert result.seconds > 0
     for p_victim, p_original in zip(victim.parameters(), backdoored["model"].parameters()):
