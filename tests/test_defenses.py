@@ -303,16 +303,19 @@ FAST = {
 }
 
 
-# Defenses that take this victim's ASR from 100% to under 10% at the FAST budgets (one run on a 2-core
-# AMD EPYC with one thread: FST 0.7%, FT-SAM 6.6%, I-BAU 2.4%, MM-BD 1.7%), so a bound of 40% leaves a
-# margin of 30 points or more on any machine.  ASR_BOUND is that bound.
-LOWERS_ASR_IN_CI = ("fst", "ft_sam", "ibau", "mmbd")
+# Defenses that take this victim's ASR from 100% far under the bound at the FAST budgets, on every
+# test victim measured: FST 0.7% and 0.0%, FT-SAM 6.6% and 0.0%, MM-BD 1.7% and 15.1% (two victims
+# of this recipe: dirty-label poisons drawn from the other classes, then from every image; one run
+# each with one thread on a 2-core AMD EPYC).  A bound of 40% leaves 25 points or more of margin.
+LOWERS_ASR_IN_CI = ("fst", "ft_sam", "mmbd")
 ASR_BOUND = 40.0
-# The others are not a CI assertion: on this victim their outcome sits in the middle (FT 26.6%,
-# FE-tuning 40.9%, NAD 50.1% at ACC 40.6%) or does not move at these budgets (LP, FT-init, NFT, D3,
-# ANP 97-100%; PAD 84%, PAD-FT 87%), and a bound between would rest on noise.  Whether they purify is
-# shown where their papers' budgets run: notebook 06 and scripts/run_defenses.py on the cpu-profile
-# victims.  Here they only have to run and report what they did.
+# The others are not a CI assertion, because their outcome at these budgets is not stable across
+# victims of the same recipe or sits near any bound one could choose: I-BAU 2.4% then 44.4%, D3
+# 100% then 7.2%, NAD 50.1% then 11.3% (ACC 34-41%), FT 26.6% then 96.8% and FE-tuning 40.9% then
+# 97.7% (the second victim also ran after the FST family began rescaling the head in every mode, as
+# the official code does); LP, FT-init, NFT, ANP, PAD and PAD-FT stay at 84-100% on both.  Whether
+# they purify is shown where their papers' budgets run: notebook 06 and scripts/run_defenses.py on
+# the cpu-profile victims.  Here they only have to run and report what they did (pytest -rP).
 
 
 def test_every_defense_has_a_fast_setting():
