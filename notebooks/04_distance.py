@@ -56,13 +56,15 @@ s = run.settings(DEFAULTS, victims=victims, path_points=path_points, eps_values=
 # %% [markdown]
 # ## Along the fine-tuning direction (D3 Fig. 2)
 #
-# FT here uses all the clean data reserved for defenses (5% of the training set), as D3 does.
+# FT here uses all the clean data reserved for defenses (5% of the training set), as D3 does, and is
+# plain fine-tuning as in BackdoorBench, on which D3's code builds: without the head rescaling that
+# FST's code applies (`project_head=False`).
 
 # %%
 path_rows, fine_tuned = [], {}
 for attack, rate in parse_specs(s["victims"]):
     victim = run.victim(attack, rate)
-    fine_tuned[(attack, rate)] = ft = run.defend(victim, "ft", data_fraction=run.profile.reserve_fraction)
+    fine_tuned[(attack, rate)] = ft = run.defend(victim, "ft", data_fraction=run.profile.reserve_fraction, project_head=False)
     ts = np.linspace(0, 2, s["path_points"])
     for point in analysis.weight_path(victim.model, ft.model, ts, victim.splits.test, victim.attack):
         path_rows.append({"victim": f"{attack} {rate:g}", **point})
