@@ -41,8 +41,11 @@ class Profile:
 # ANP keeps the paper's 2000 steps (about eight minutes here): at 200, BadNets-10% kept its ASR
 # (95% -> 95%); at 2000, ASR fell from 90% to 43% on a retrained victim of the same key.
 # PAD and PAD-FT keep MM-BD's 50 clipping epochs: with 10, its lambda never adapted (that needs epoch > 10).
+# PAD-FT's head tuning takes 20 of BackdoorBench's 100 epochs: at 100 it cost 6 minutes of the 12 that
+# PAD-FT took on the cpu SIG-5% victim with one thread, and notebook 05 runs it at several N_c.
 CPU_DEFENSES = {
     "d3": {"epochs": 20},
+    "pad_ft": {"epochs": 20},
     "ft_sam": {"epochs": 10},
     "ibau": {"rounds": 3},
 }
