@@ -120,8 +120,8 @@ def main(argv=None) -> int:
     names = runner.select(args.only)
     parameters = runner.parse_parameters(args.parameter)
     points = runner.expand_grid(args.grid)
-    for point in points:  # before anything runs: a bad name or value fails here, not in a notebook's fifth cell
-        runner.check_parameters(names, {**parameters, **point})
+    # before anything runs: a bad name or value fails here, not in a notebook's fifth cell
+    runner.check_parameters(names, [{**parameters, **point} for point in points])
     tasks = [(name, point) for name in names for point in points]
 
     started = time.perf_counter()

@@ -105,7 +105,8 @@ def defend(victim, name: str, profile=None, evaluate: bool = True, data_fraction
     else:
         if per_class is not None:
             data_fraction = per_class * victim.splits.num_classes / victim.splits.full_train_size
-        data = victim.splits.defense_data(data_fraction or DATA_FRACTION.get(name, DEFAULT_FRACTION))
+        data_fraction = data_fraction or DATA_FRACTION.get(name, DEFAULT_FRACTION)
+        data = victim.splits.defense_data(data_fraction)
     evaluator = Evaluator(victim.splits.test, victim.attack) if evaluate else None
     # Checked here as well as in purify, so a bad name fails before a cached entry is looked up.
     unknown = sorted(set(settings) - set(parameters_of(name)))
@@ -117,5 +118,5 @@ def defend(victim, name: str, profile=None, evaluate: bool = True, data_fraction
 
     if not cache:
         return run()
-    spec = {"poisoned_train": True} if name in NEEDS_POISONED_DATA else {"fraction": data_fraction or DATA_FRACTION.get(name, DEFAULT_FRACTION), "size": len(data)}
+    spec = {"poisoned_train": True} if name in NEEDS_POISONED_DATA else {"fraction": data_fraction, "size": len(data)}
     return cached_defense(victim, name, settings, spec, evaluate, run, zoo_dir() / "defended")

@@ -75,13 +75,14 @@ def _kind(value) -> str:
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a JSON list"}.get(type(value), type(value).__name__)
 
 
-def check_parameters(names: list[str], parameters: dict) -> None:
-    """Each of ``parameters`` must be in the parameters cell of at least one of the notebooks ``names``,
-    with a value of the kind its default has there; else one line naming the parameter, the value and what is expected."""
+def check_parameters(names: list[str], points: list[dict]) -> None:
+    """Each parameter of each of ``points`` (one dict per run) must be in the parameters cell of at
+    least one of the notebooks ``names``, with a value of the kind its default has there; else one
+    line naming the parameter, the value and what is expected.  Each notebook is read once."""
     from .errors import PurifyError
 
     declared = {name: notebook_parameters(name) for name in names}
-    for key, value in parameters.items():
+    for key, value in ((k, v) for point in points for k, v in point.items()):
         owners = {name: cell[key] for name, cell in declared.items() if key in cell}
         if not owners:
             allowed = sorted({k for cell in declared.values() for k in cell})

@@ -95,16 +95,18 @@ def train_model(model, data: ImageSet, recipe: Recipe, attack=None, poison_rate:
     scheduler = make_scheduler(optimizer, recipe.schedule, recipe.lr, recipe.epochs * steps_per_epoch, recipe.warmup_fraction)
     scaler = torch.amp.GradScaler(enabled=precision == "fp16")  # bf16 has fp32's range and needs no scaling
     bar = tqdm(total=recipe.epochs * steps_per_epoch, disable=not progress, desc="train", unit="batch", leave=False)
+    controlled = attack is not None and attack.training_controlled
+    # WaNet, as BackdoorBench trains it: its own augmentation after the warp replaces the recipe's before it
+    augment_after = recipe.augment and controlled and attack.augments_after_poison
     for epoch in range(recipe.epochs):
         for index in batches(len(labels), recipe.batch_size, device, generator):
             x, y = to_float(images[index]), labels[index]
-            controlled = attack is not None and attack.training_controlled
-            if recipe.augment and not (controlled and attack.augments_after_poison):
+            if recipe.augment and not augment_after:
                 x = augment(x, padding=recipe.crop_padding)
             if controlled:
                 x, y = attack.poison_batch(x, y, poison_rate)
-                if recipe.augment and attack.augments_after_poison:
-                    x = attack.augment(x)
+            if augment_after:
+                x = attack.augment(x)
             x = x.contiguous(memory_format=torch.channels_last)
             if adversarial_eps:
                 x = fgsm_rs(model, x, y, adversarial_eps, device, precision)

@@ -22,22 +22,17 @@ from ..errors import PurifyError
 from .badnets import BadNets
 
 
-def four_corner_checkerboard(size: int = 32) -> torch.Tensor:
-    """A 3x3 checkerboard (white on the corners and centre) in each corner of the image."""
+def four_corner_checkerboard(size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 3x3 checkerboard (white on the corners and centre) in each corner of the image, and the
+    mask of those four squares (black squares included, so they too replace the image)."""
     board = torch.tensor([[255, 0, 255], [0, 255, 0], [255, 0, 255]], dtype=torch.uint8)
     pattern = torch.zeros(3, size, size, dtype=torch.uint8)
-    for rows in (slice(0, 3), slice(size - 3, size)):
-        for cols in (slice(0, 3), slice(size - 3, size)):
-            pattern[:, rows, cols] = board
-    return pattern
-
-
-def corner_mask(size: int = 32) -> torch.Tensor:
     mask = torch.zeros(1, size, size, dtype=torch.bool)
     for rows in (slice(0, 3), slice(size - 3, size)):
         for cols in (slice(0, 3), slice(size - 3, size)):
+            pattern[:, rows, cols] = board
             mask[:, rows, cols] = True
-    return mask
+    return pattern, mask
 
 
 class LC(BadNets):
@@ -49,7 +44,7 @@ class LC(BadNets):
                  model_eps: float = 8 / 255, trigger_path=None):
         super().__init__(target, trigger_path)
         if trigger_path is None:  # BackdoorBench's four-corner checkerboard; the whole 3x3 squares replace the image
-            self.pattern, self.mask = four_corner_checkerboard(), corner_mask()
+            self.pattern, self.mask = four_corner_checkerboard()
         if model_eps < 0:
             raise PurifyError(f"model_eps={model_eps} must be >= 0 (0: a clean model that was not adversarially trained)")
         self.eps, self.steps, self.step_size, self.model_eps = eps, steps, step_size, model_eps
