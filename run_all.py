@@ -3,6 +3,7 @@
     python run_all.py                                   # every notebook; cpu profile here, paper with a GPU
     python run_all.py --profile smoke --only 01 03      # a subset, by number or name
     python run_all.py -p seed=1                         # a parameter for every notebook (JSON values)
+    python run_all.py --plan                            # what a run would train and run, and the minutes left; runs nothing
     python run_all.py --executor slurm --gpus 1 --partition gpu --grid seed=[0,1,2]   # a job array on Slurm
 
 Each py:percent source is read with jupytext and executed by papermill into
@@ -27,13 +28,21 @@ from purify_lib.cli import run_cli  # noqa: E402
 EXECUTORS = ("inline", "local", "slurm")
 
 
+PARTS = ("victims", "defenses", "loads", "other")
+
+
 def summary(results: list[dict], total: float) -> str:
-    lines = ["", f"{'notebook':32} {'status':10} {'seconds':>8}  claims"]
+    """Each notebook's status, wall seconds and claim verdicts; the seconds split into training victims,
+    running defenses, loading cached ones and everything else (the notebook's own work, kernel start)."""
+    lines = ["", f"{'notebook':32} {'status':10} {'seconds':>8} {'victims':>8} {'defenses':>8} {'loads':>8} {'other':>8}  claims"]
+    sums = dict.fromkeys(PARTS, 0.0)
     for r in results:
         passed = sum(c["passed"] for c in r.get("claims", []))
         claims = f"{passed}/{len(r['claims'])} PASS" if r.get("claims") else "-"
-        lines.append(f"{r['notebook']:32} {r['status']:10} {r['seconds']:8.0f}  {claims}")
-    lines.append(f"{'total (wall)':32} {'':10} {total:8.0f}")
+        parts = r.get("breakdown") or dict.fromkeys(PARTS, 0.0)
+        sums = {part: sums[part] + parts[part] for part in PARTS}
+        lines.append(f"{r['notebook']:32} {r['status']:10} {r['seconds']:8.0f} " + " ".join(f"{parts[p]:8.0f}" for p in PARTS) + f"  {claims}")
+    lines.append(f"{'total (wall)':32} {'':10} {total:8.0f} " + " ".join(f"{sums[p]:8.0f}" for p in PARTS))
     for r in results:
         for c in r.get("claims", []):
             lines.append(f"  {'PASS   ' if c['passed'] else 'DIFFERS'} {r['notebook']}: {c['claim']}  [{c['measured']}]")
@@ -103,6 +112,8 @@ def main(argv=None) -> int:
     parser.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE", help="a parameter for every notebook")
     parser.add_argument("--grid", action="append", default=[], metavar="NAME=[V1,V2]", help="run every notebook at each point of this grid")
     parser.add_argument("--force", action="store_true", help="run even the notebooks whose inputs have not changed")
+    parser.add_argument("--plan", action="store_true", help="run nothing: list each notebook's victims and defense runs, "
+                        "which are cached, and the minutes left")
     cluster = parser.add_argument_group("cluster (with --executor local or slurm)")
     cluster.add_argument("--executor", default="inline", help=f"one of {', '.join(EXECUTORS)} (default: inline, one after another here)")
     cluster.add_argument("--partition", default=None, help="Slurm partition")
@@ -123,6 +134,9 @@ def main(argv=None) -> int:
     # before anything runs: a bad name or value fails here, not in a notebook's fifth cell
     runner.check_parameters(names, [{**parameters, **point} for point in points])
     tasks = [(name, point) for name in names for point in points]
+    if args.plan:
+        print(runner.plan(tasks, profile, parameters, args.force))
+        return 0
 
     started = time.perf_counter()
     if args.executor == "inline":

@@ -75,7 +75,7 @@ def cached_defense(victim, name: str, settings: dict, data_spec: dict, evaluate:
                 record = load_checkpoint(model, weights, record_path)
                 device = next(victim.model.parameters()).device
                 return Defended(model.to(device).eval(), name, record["params"], record["seconds"], record["history"],
-                                record["extra"], cache_hit=True)
+                                record["extra"], cache_hit=True, cache_entry=label)
             except Exception as exc:  # truncated or tampered: run the defense again rather than trust it
                 warnings.warn(f"cached defense {weights.name} is unusable ({exc}); running it again", stacklevel=3)
         result = run()
@@ -83,6 +83,7 @@ def cached_defense(victim, name: str, settings: dict, data_spec: dict, evaluate:
             "config": config, "key": key, "params": _jsonable(result.params), "seconds": round(result.seconds, 2),
             "history": result.history, "extra": _jsonable(result.extra), "device": str(next(result.model.parameters()).device),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        result.cache_entry = label
         return result
 
 

@@ -4,16 +4,21 @@ A notebook starts with ``run = Run("01_fine_tuning", profile, device, seed, **pa
 then asks ``run.victim(...)`` and ``run.defend(...)`` (both cached), saves with
 ``run.figure(...)`` / ``run.table(...)`` and ends with ``run.claims.check(...)`` and
 ``run.finish()``.  Every output carries the run record and is listed in the folder's manifest.
+
+Every victim and defense run a notebook asks for is noted with the seconds it took and whether
+the cache had it; ``finish`` writes them to ``needs_<notebook>.json`` beside the figures, which is
+what ``run_all.py --plan`` reads to say what a run would train and how long it would take.
 """
 from __future__ import annotations
 
 import json
+import time
 
 import pandas as pd
 from filelock import FileLock
 
 from . import plots
-from .defend import defend
+from .defend import code_digest, defend
 from .files import atomic_path
 from .metrics import der, pick_device
 from .profiles import get_profile
@@ -30,6 +35,9 @@ class Run:
         self.parameters = {"profile": self.profile.name, "device": device, "seed": seed, **parameters}
         self.figures = figures_dir(self.profile.name)
         self.victims: dict = {}
+        self.requested = {"device": device, "seed": seed, **parameters}  # as the parameters cell (or papermill) gave them
+        self.needs: list[dict] = []  # every victim and defense asked for, with its cost (see ``finish``)
+        self.started = time.perf_counter()
         self.claims = Claims(notebook, self.profile.name)
         plots.style()
         print(f"{notebook}: profile {self.profile.name} (width {self.profile.width}, {self.profile.train_size or 'all'} training images, "
@@ -39,18 +47,29 @@ class Run:
         """The zoo's victim (trained once, then loaded), remembered for the run record."""
         key = (attack, rate)
         if key not in self.victims:
-            self.victims[key] = get_victim(attack, rate, self.profile, split_seed=self.seed, device=self.device, progress=False)
+            started = time.perf_counter()
+            victim = self.victims[key] = get_victim(attack, rate, self.profile, split_seed=self.seed, device=self.device, progress=False)
+            self._note("victim", victim, started, victim.path.stem, victim.cache_hit, victim.record["train_seconds"])
         return self.victims[key]
 
     def defend(self, victim, name: str, **params):
         """``defend.defend`` with this run's profile and seed; results are cached beside the zoo."""
         params.setdefault("seed", self.seed)
-        return defend(victim, name, self.profile, **params)
+        started = time.perf_counter()
+        result = defend(victim, name, self.profile, **params)
+        self._note("defense", victim, started, result.cache_entry, result.cache_hit, result.seconds, defense=name, params=params)
+        return result
+
+    def _note(self, kind: str, victim, started: float, entry: str, cached: bool, cost: float, **what) -> None:
+        """``seconds``: this call's wall time (a load when ``cached``); ``cost``: what computing it took when it was made."""
+        self.needs.append({"kind": kind, "victim": f"{victim.attack.name if victim.attack else 'clean'}:{victim.poison_rate:g}", **what,
+                           "entry": entry, "cached": cached, "seconds": round(time.perf_counter() - started, 1), "cost": round(cost, 1)})
 
     def settings(self, defaults: dict, **given) -> dict:
         """Each parameter as given, or, when left empty (``[]``, ``""``, ``0``, ``None``), this section's default for the profile."""
         chosen = {name: value if value not in (None, "", 0, [], ()) else defaults[self.profile.name][name] for name, value in given.items()}
         self.parameters.update(chosen)
+        self.requested.update(given)
         return chosen
 
     def row(self, victim, result=None, **labels) -> dict:
@@ -94,4 +113,15 @@ class Run:
         verdicts = pd.DataFrame([{"verdict": "PASS" if row["passed"] else "DIFFERS", "claim": row["claim"], "measured": row["measured"]}
                                  for row in rows])
         self.table(verdicts, f"claims_{self.notebook}", f"The paper's claims checked by {self.notebook} under profile {self.profile.name}.")
+        self._write_needs()
         return rows
+
+    def _write_needs(self) -> None:
+        """``needs_<notebook>.json``: the victims and defense runs this run used, what each cost, and the
+        defense-code digest their cache entries were made under (a different digest makes them misses)."""
+        path = self.figures / f"needs_{self.notebook}.json"
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps({"notebook": self.notebook, "profile": self.profile.name, "requested": self.requested,
+                                       "defense_code": code_digest(), "seconds": round(time.perf_counter() - self.started, 1),
+                                       "items": self.needs}, indent=1, default=str) + "\n")
+        self._manifest([path])

@@ -181,7 +181,7 @@ def execute(name: str, profile: str, parameters: dict | None = None, point: dict
     point = point or {}
     label = point_label(name, point)
     all_parameters = {"profile": profile, **(parameters or {}), **point}
-    with _build_for(build_dir() / "grid" / label if point else None):
+    with _build_for(build_dir_for(point, label)):
         build = build_dir()
         digest = input_digest(name, all_parameters)
         folder = build / profile
@@ -207,7 +207,103 @@ def execute(name: str, profile: str, parameters: dict | None = None, point: dict
                     "error": f"{type(error).__name__}: {error}"}
         seconds = time.perf_counter() - started
         claims = json.loads(claims_file.read_text())["claims"] if claims_file.exists() else []
+        result["breakdown"] = breakdown(needs_record(name, profile), seconds)
         with atomic_path(stamp) as tmp:
             tmp.write_text(json.dumps({"inputs": digest, "parameters": all_parameters, "seconds": round(seconds, 1),
                                        "outputs": outputs_of(name, profile), "claims": claims}, indent=1))
         return {**result, "status": "ran", "seconds": seconds, "claims": claims}
+
+
+def needs_record(name: str, profile: str) -> dict | None:
+    """What ``name``'s last finished run under ``profile`` asked of the zoo (``Run.finish`` writes it beside the figures)."""
+    from .report import figures_dir
+
+    path = figures_dir(profile) / f"needs_{name}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def breakdown(record: dict | None, seconds: float) -> dict:
+    """A run's wall time split into training victims, running defenses, loading cached ones, and the rest."""
+    items = record["items"] if record else []
+    spent = {part: sum(i["seconds"] for i in items if test(i)) for part, test in (
+        ("victims", lambda i: i["kind"] == "victim" and not i["cached"]),
+        ("defenses", lambda i: i["kind"] == "defense" and not i["cached"]),
+        ("loads", lambda i: i["cached"]))}
+    return {**spent, "other": max(seconds - sum(spent.values()), 0.0)}
+
+
+def _item_label(item: dict) -> str:
+    if item["kind"] == "victim":
+        return f"victim  {item['victim']}"
+    params = ", ".join(f"{k}={v}" for k, v in item["params"].items() if k != "seed")
+    return f"defense {item['defense']} on {item['victim']}" + (f" ({params})" if params else "")
+
+
+def plan(tasks: list[tuple[str, dict]], profile: str, parameters: dict, force: bool = False) -> str:
+    """What running ``tasks`` would do, without training anything: per notebook, the victims and defense
+    runs its last finished run used (its needs record), which the zoo holds now, and the minutes left,
+    estimated from the seconds each item took when it was computed."""
+    from .defend import code_digest
+    from .zoo import zoo_dir
+
+    zoo, digest = zoo_dir(), code_digest()
+    counted: set[str] = set()  # an entry the plan already has a notebook compute before this one
+    total = {"victims": 0.0, "defenses": 0.0, "own": 0.0}
+    unknown = []  # notebooks to run with no record of their needs
+    lines = [f"plan under profile {profile}: each notebook's needs as its last finished run recorded them "
+             f"(needs_<notebook>.json beside its figures), against what the zoo ({zoo}) holds now"]
+    for name, point in tasks:
+        label = point_label(name, point)
+        status = execute(name, profile, parameters, point, force=force, check_only=True)["status"]
+        with _build_for(build_dir_for(point, label)):
+            record = needs_record(name, profile)
+        if status == "unchanged":
+            lines.append(f"{label}: up to date, nothing to run")
+            continue
+        if record is None:
+            unknown.append(label)
+            lines.append(f"{label}: to run; no record of its needs yet (it has not finished under profile {profile} here), "
+                         "so its victims, defense runs and minutes are unknown")
+            continue
+        requested = {**notebook_parameters(name), **parameters, **point}
+        differ = sorted(k for k, v in record["requested"].items() if k in requested and requested[k] != v)
+        stale = record["defense_code"] != digest
+        lines.append(f"{label}: to run" + (f"; recorded with other values of {', '.join(differ)}, so what it needs may differ" if differ else "")
+                     + ("; the defense code changed since, so every defense run is redone" if stale else ""))
+        own = record["seconds"] - sum(item["seconds"] for item in record["items"])
+        left = {"victims": 0.0, "defenses": 0.0}
+        counts = {"victim": [0, 0], "defense": [0, 0]}
+        for item in record["items"]:
+            folder = zoo if item["kind"] == "victim" else zoo / "defended"
+            cached = bool(item["entry"]) and (folder / f"{item['entry']}.json").exists() and not (stale and item["kind"] == "defense")
+            cost = item["cost"] if item["cached"] else item["seconds"]  # a run that computed it timed all of it
+            counts[item["kind"]][0] += 1
+            if cached or item["entry"] in counted:
+                counts[item["kind"]][1] += 1
+                state = "cached" if cached else "computed by an earlier notebook of this plan"
+            else:
+                counted.add(item["entry"])
+                left["victims" if item["kind"] == "victim" else "defenses"] += cost
+                state = f"{'to train' if item['kind'] == 'victim' else 'to run'}, about {cost / 60:.1f} min"
+            lines.append(f"  {_item_label(item):58} {state}")
+        minutes = (left["victims"] + left["defenses"] + max(own, 0.0)) / 60
+        lines.append(f"  victims: {counts['victim'][0]} ({counts['victim'][1]} cached); defense runs: {counts['defense'][0]} "
+                     f"({counts['defense'][1]} cached): about {minutes:.1f} min left ({left['victims'] / 60:.1f} training victims, "
+                     f"{left['defenses'] / 60:.1f} running defenses, {max(own, 0.0) / 60:.1f} the notebook's own work)")
+        total = {"victims": total["victims"] + left["victims"], "defenses": total["defenses"] + left["defenses"],
+                 "own": total["own"] + max(own, 0.0)}
+    lines.append(f"total: about {sum(total.values()) / 60:.1f} min left ({total['victims'] / 60:.1f} training victims, "
+                 f"{total['defenses'] / 60:.1f} running defenses, {total['own'] / 60:.1f} the notebooks' own work), "
+                 "from the times recorded on the machine that made each record"
+                 + (f"; plus the unknown needs of {', '.join(unknown)}" if unknown else ""))
+    return "\n".join(lines)
+
+
+def build_dir_for(point: dict, label: str) -> Path | None:
+    """The build folder a grid point's outputs go to (None for a plain run: the usual one)."""
+    from .report import build_dir
+
+    return build_dir() / "grid" / label if point else None

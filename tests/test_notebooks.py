@@ -74,7 +74,11 @@ def test_notebook_runs_under_smoke_through_papermill(smoke_env, name):
     assert any("injected-parameters" in c["metadata"].get("tags", []) for c in executed["cells"])
     assert result["claims"], "the closing cell checked no claim"
     stamp = json.loads((smoke_env / "build" / "smoke" / f"{name}.done.json").read_text())
-    assert stamp["outputs"] and all(file.endswith((".png", ".pdf", ".csv", ".md")) for file in stamp["outputs"])
+    assert stamp["outputs"] and all(file.endswith((".png", ".pdf", ".csv", ".md", ".json")) for file in stamp["outputs"])
+    assert f"needs_{name}.json" in stamp["outputs"]
+    parts = result["breakdown"]
+    assert set(parts) == {"victims", "defenses", "loads", "other"} and min(parts.values()) >= 0
+    assert sum(parts.values()) <= result["seconds"] + 1e-6
     figures = smoke_env / "build" / "figures" / "smoke"
     manifest = json.loads((figures / "manifest.json").read_text())
     for file in stamp["outputs"]:
@@ -100,6 +104,39 @@ def test_a_missing_output_or_stamp_means_rerun(smoke_env):
     figure.write_bytes(saved)
     stamp.write_text("{")  # an interrupted stamp write
     assert not runner.up_to_date(stamp, digest, name, "smoke")
+
+
+def test_plan_lists_recorded_needs_against_the_zoo_and_runs_nothing(smoke_env):
+    name = "02_feature_shift"
+    record = runner.needs_record(name, "smoke")
+    if record is None:
+        pytest.skip("the papermill test of this notebook did not run")
+    kinds = {item["kind"] for item in record["items"]}
+    assert kinds == {"victim", "defense"}, "the record must name the notebook's victims and defense runs"
+    assert runner.plan([(name, {})], "smoke", {}).splitlines()[1] == f"{name}: up to date, nothing to run"
+    forced = runner.plan([(name, {})], "smoke", {}, force=True)
+    assert "to train" not in forced and "to run, about" not in forced  # everything it used is in the zoo
+    # Remove one defense result from the cache: the plan says it would be rerun, and costs it.
+    defense = next(item for item in record["items"] if item["kind"] == "defense")
+    entry = smoke_env / "zoo" / "defended" / f"{defense['entry']}.json"
+    saved = entry.read_bytes()
+    entry.unlink()
+    try:
+        lines = runner.plan([(name, {})], "smoke", {}, force=True).splitlines()
+        assert sum("to run, about" in line for line in lines) == 1
+        assert any(line.strip().startswith(f"defense {defense['defense']} on {defense['victim']}") and "to run" in line for line in lines)
+        assert not entry.exists(), "planning must not run the defense"
+        # Other parameter values than the record's: the plan says its list may not apply.
+        assert "recorded with other values of seed" in runner.plan([(name, {})], "smoke", {"seed": 1}, force=True)
+    finally:
+        entry.write_bytes(saved)
+
+
+def test_breakdown_splits_wall_time_by_what_was_computed():
+    record = {"items": [{"kind": "victim", "cached": False, "seconds": 30.0}, {"kind": "victim", "cached": True, "seconds": 2.0},
+                        {"kind": "defense", "cached": False, "seconds": 10.0}, {"kind": "defense", "cached": True, "seconds": 1.0}]}
+    assert runner.breakdown(record, 50.0) == {"victims": 30.0, "defenses": 10.0, "loads": 3.0, "other": 7.0}
+    assert runner.breakdown(None, 5.0) == {"victims": 0.0, "defenses": 0.0, "loads": 0.0, "other": 5.0}
 
 
 def test_nbval_lax_on_converted_notebooks(smoke_env, tmp_path):

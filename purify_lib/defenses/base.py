@@ -32,6 +32,7 @@ class Defended:
     history: list[dict] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
     cache_hit: bool = False  # True when ``defend`` loaded this result instead of running the defense
+    cache_entry: str = ""  # the name of its entry in ``defend``'s cache (empty when not cached)
 
 
 def cross_entropy(model, x, y):
