@@ -46,6 +46,8 @@ def summary(results: list[dict], total: float) -> str:
     for r in results:
         for c in r.get("claims", []):
             lines.append(f"  {'PASS   ' if c['passed'] else 'DIFFERS'} {r['notebook']}: {c['claim']}  [{c['measured']}]")
+            if c.get("diagnosis"):
+                lines.append(f"          why: {c['diagnosis']}")
         if r["status"] == "failed":
             lines.append(f"  FAILED  {r['notebook']}: {r['error']}  (partial output: {r.get('output')})")
     return "\n".join(lines)

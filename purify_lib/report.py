@@ -91,13 +91,21 @@ class Claims:
         self.rows: list[dict] = []
 
     def check(self, claim: str, passed: bool, measured: str) -> bool:
-        self.rows.append({"claim": claim, "passed": bool(passed), "measured": measured})
+        self.rows.append({"claim": claim, "passed": bool(passed), "measured": measured, "diagnosis": ""})
         return bool(passed)
 
+    def diagnose(self, diagnosis: str) -> None:
+        """Say why the last claim checked differs, from a measurement made for the purpose."""
+        if not self.rows or self.rows[-1]["passed"]:
+            raise ValueError("diagnose() explains the claim just checked, and only one that differs")
+        self.rows[-1]["diagnosis"] = diagnosis
+
     def report(self) -> list[dict]:
-        """Print each claim as PASS or DIFFERS with what was measured; save them for run_all."""
+        """Print each claim as PASS or DIFFERS with what was measured (and why, where diagnosed); save them for run_all."""
         for row in self.rows:
             print(f"{'PASS   ' if row['passed'] else 'DIFFERS'}  {row['claim']}\n         measured: {row['measured']}")
+            if row["diagnosis"]:
+                print(f"         diagnosis: {row['diagnosis']}")
         passed = sum(row["passed"] for row in self.rows)
         print(f"\n{passed} of {len(self.rows)} claims reproduced under profile {self.profile!r}.")
         path = build_dir() / "claims" / f"{self.notebook}.{self.profile}.json"

@@ -110,8 +110,8 @@ class Run:
         """Print each claim's verdict and save them with the run record, and as ``claims_<notebook>`` beside the figures."""
         self.claims.record = self.record()
         rows = self.claims.report()
-        verdicts = pd.DataFrame([{"verdict": "PASS" if row["passed"] else "DIFFERS", "claim": row["claim"], "measured": row["measured"]}
-                                 for row in rows])
+        verdicts = pd.DataFrame([{"verdict": "PASS" if row["passed"] else "DIFFERS", "claim": row["claim"], "measured": row["measured"],
+                                  "diagnosis": row["diagnosis"]} for row in rows])
         self.table(verdicts, f"claims_{self.notebook}", f"The paper's claims checked by {self.notebook} under profile {self.profile.name}.")
         self._write_needs()
         return rows

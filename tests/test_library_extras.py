@@ -154,10 +154,16 @@ def test_finished_run_lists_its_verdicts_beside_its_figures(tmp_path, monkeypatc
     monkeypatch.setenv("PURIFY_BUILD", str(tmp_path))
     run = Run("nb", "smoke")
     run.claims.check("a holds", True, "1%")
+    with pytest.raises(ValueError, match="only one that differs"):
+        run.claims.diagnose("a passing claim has nothing to explain")
     run.claims.check("b holds", False, "2%")
+    run.claims.diagnose("b needs more epochs: 3% at 10, 1% at 20")
     run.finish()
     table = (run.figures / "claims_nb.md").read_text().splitlines()
-    assert table[2:6] == ["| verdict | claim | measured |", "|---|---|---|", "| PASS | a holds | 1% |", "| DIFFERS | b holds | 2% |"]
+    assert table[2:6] == ["| verdict | claim | measured | diagnosis |", "|---|---|---|---|", "| PASS | a holds | 1% |  |",
+                          "| DIFFERS | b holds | 2% | b needs more epochs: 3% at 10, 1% at 20 |"]
+    needs = json.loads((run.figures / "needs_nb.json").read_text())
+    assert needs["items"] == [] and needs["requested"] == {"device": "auto", "seed": 0}
     manifest = json.loads((run.figures / "manifest.json").read_text())
     assert manifest["claims_nb.md"]["notebook"] == "nb" and manifest["claims_nb.csv"]["profile"] == "smoke"
 
