@@ -131,9 +131,16 @@ learned = sweep[sweep["backdoored"] & sweep["attack"].isin(s["attacks"])]
 tuned = learned[learned["defense"] != "none"]
 high, low = max(s["rates"]), min(learned["rate"], default=None)
 at_high = tuned[tuned["rate"] == high]
-run.claims.check("FT removes the backdoor at the highest rate with some learning rate (ASR < 20%)",
-                 not at_high.empty and (at_high[at_high["defense"] == "ft"].groupby("attack")["asr"].min() < 20).all(),
-                 f"best FT ASR at rate {high:g}: " + ", ".join(f"{a} {v:.1f}%" for a, v in at_high[at_high['defense'] == 'ft'].groupby('attack')['asr'].min().items()))
+if not run.claims.check("FT removes the backdoor at the highest rate with some learning rate (ASR < 20%)",
+                        not at_high.empty and (at_high[at_high["defense"] == "ft"].groupby("attack")["asr"].min() < 20).all(),
+                        f"best FT ASR at rate {high:g}: " + ", ".join(f"{a} {v:.1f}%" for a, v in at_high[at_high['defense'] == 'ft'].groupby('attack')['asr'].min().items())) and not at_high.empty:
+    # Is the learning rate the limit?  FT once more at 2.5x and 5x the sweep's largest rate, on the same victims.
+    larger = pd.DataFrame([run.row(victim, run.defend(victim, "ft", lr=lr), lr=lr) for attack in s["attacks"]
+                           for victim in [run.victim(attack, high)] if victim.backdoored for lr in (0.05, 0.1)])
+    removed = larger[larger["asr"] < 20]
+    run.claims.diagnose(("a matter of learning rate: FT removes it above the sweep's rates" if len(removed) else
+                         "not the learning rate: FT keeps the backdoor even at 5x the sweep's largest rate")
+                        + " (" + ", ".join(f"{r.attack} lr {r.lr:g}: ASR {r.asr:.1f}%, ACC {r.acc:.1f}%" for r in larger.itertuples()) + ")")
 at_low = tuned[(tuned["rate"] == low) & (tuned["rate"] < high)]
 run.claims.check("FT and LP fail at the lowest rate whose backdoor was learned (ASR stays >= 20% for every learning rate)",
                  not at_low.empty and (at_low["asr"] >= 20).all(),

@@ -71,7 +71,8 @@ for attack, rate in parse_specs(s["victims"]):
         evaluated = history.dropna(subset=["backdoor_loss"])
         trained = history.dropna(subset=["loss"])
         curves.append(pd.DataFrame({"step": trained["step"], "loss": trained["loss"], "kind": "training loss", "run": label, "victim": f"{attack} {rate:g}"}))
-        curves.append(pd.DataFrame({"step": evaluated["step"], "loss": evaluated["backdoor_loss"], "kind": "ideal loss (triggered, true labels)", "run": label, "victim": f"{attack} {rate:g}"}))
+        curves.append(pd.DataFrame({"step": evaluated["step"], "loss": evaluated["backdoor_loss"], "kind": "ideal loss (triggered, true labels)", "run": label, "victim": f"{attack} {rate:g}",
+                                    "asr": evaluated["asr"]}))
         curves.append(pd.DataFrame({"step": evaluated["step"], "loss": evaluated["clean_loss"], "kind": "clean test loss", "run": label, "victim": f"{attack} {rate:g}"}))
 curves = pd.concat(curves, ignore_index=True)
 grid = sns.relplot(data=curves, x="step", y="loss", hue="kind", style="kind", col="run", row="victim", kind="line",
@@ -115,29 +116,60 @@ run.figure(fig, "nft_ablations")
 
 # %%
 with_mixup = curves[curves["run"] == "with MixUp"]
-gaps = []
+gaps, asr_at = [], {}
 for victim_name, part in with_mixup.groupby("victim"):
     train = part[part["kind"] == "training loss"].set_index("step")["loss"]
-    ideal = part[part["kind"].str.startswith("ideal")].set_index("step")["loss"]
+    ideal_rows = part[part["kind"].str.startswith("ideal")].set_index("step")
+    ideal = ideal_rows["loss"]
     common = ideal.index.intersection(train.index)
     gaps += [(victim_name, step, train[step] - ideal[step]) for step in common]
-run.claims.check("The MixUp loss stays above the ideal purification loss at every evaluation during NFT (§4.1)",
-                 bool(gaps) and all(gap >= 0 for *_, gap in gaps),
-                 f"min(MixUp - ideal) = {min(g for *_, g in gaps):.3f} over {len(gaps)} points" if gaps else "no evaluation points")
+    asr_at.update({(victim_name, step): ideal_rows.loc[step, "asr"] for step in common})
+if not run.claims.check("The MixUp loss stays above the ideal purification loss at every evaluation during NFT (§4.1)",
+                        bool(gaps) and all(gap >= 0 for *_, gap in gaps),
+                        f"min(MixUp - ideal) = {min(g for *_, g in gaps):.3f} over {len(gaps)} points" if gaps else "no evaluation points"):
+    # The bound argument assumes the trigger no longer wins; where it still does, the ideal loss is large by construction.
+    below = pd.Series([asr_at[(v, step)] for v, step, gap in gaps if gap < 0], dtype=float)
+    above = pd.Series([asr_at[(v, step)] for v, step, gap in gaps if gap >= 0], dtype=float)
+    run.claims.diagnose(f"mean ASR {below.mean():.1f}% at the {len(below)} evaluations where the MixUp loss is below the ideal loss, "
+                        f"{above.mean():.1f}% at the {len(above)} where it is above: "
+                        + ("the bound fails where the backdoor is still active" if len(above) == 0 or below.mean() > above.mean() else
+                           "the bound fails whether or not the backdoor is active"))
 nft_rows = ablation[(ablation["variant"] == "NFT") & ablation["backdoored"]]
-run.claims.check("NFT removes the backdoor (ASR < 10%) with a small ACC drop (< 5 points)",
-                 not nft_rows.empty and (nft_rows["asr"] < 10).all() and all(
-                     run.victims[(r.attack, r.rate)].metrics["acc"] - r.acc < 5 for r in nft_rows.itertuples()),
-                 ", ".join(f"{r.attack}: ASR {r.asr:.1f}%, ACC {r.acc:.1f}%" for r in nft_rows.itertuples()))
+if not run.claims.check("NFT removes the backdoor (ASR < 10%) with a small ACC drop (< 5 points)",
+                        not nft_rows.empty and (nft_rows["asr"] < 10).all() and all(
+                            run.victims[(r.attack, r.rate)].metrics["acc"] - r.acc < 5 for r in nft_rows.itertuples()),
+                        ", ".join(f"{r.attack}: ASR {r.asr:.1f}%, ACC {r.acc:.1f}%" for r in nft_rows.itertuples())) and not nft_rows.empty:
+    # Is the step budget the limit?  The same NFT with three times the steps, on the first backdoored victim.
+    first = next(nft_rows.itertuples())
+    victim = run.victim(first.attack, first.rate)
+    longer = run.defend(victim, "nft", steps=3 * run.defend(victim, "nft").params["steps"])
+    after = longer.history[-1]
+    run.claims.diagnose(f"{'the step budget' if after['asr'] < 10 else 'not the step budget alone'}: on {first.attack} {first.rate:g}, "
+                        f"{longer.params['steps']} steps give ASR {after['asr']:.1f}%, ACC {after['acc']:.1f}% "
+                        f"(against {first.asr:.1f}%, {first.acc:.1f}% at {longer.params['steps'] // 3})")
 one_shot = ablation[(ablation["variant"] == "1 per class") & ablation["backdoored"]]
-run.claims.check("One clean image per class is enough (ASR < 10%)",
-                 not one_shot.empty and (one_shot["asr"] < 10).all(),
-                 ", ".join(f"{r.attack}: ASR {r.asr:.1f}%" for r in one_shot.itertuples()) or "not run")
+if not run.claims.check("One clean image per class is enough (ASR < 10%)",
+                        not one_shot.empty and (one_shot["asr"] < 10).all(),
+                        ", ".join(f"{r.attack}: ASR {r.asr:.1f}%" for r in one_shot.itertuples()) or "not run") and not one_shot.empty:
+    default = nft_rows.set_index("attack")["asr"]
+    run.claims.diagnose("one-shot against NFT's default 1% of the training set (ASR): "
+                        + ", ".join(f"{r.attack} {r.asr:.1f}% vs {default.get(r.attack, float('nan')):.1f}%" for r in one_shot.itertuples())
+                        + ("; the default data does no better, so the data size is not the cause" if all(
+                            default.get(r.attack, 0) >= 10 for r in one_shot.itertuples()) else ""))
 der = ablation[ablation["backdoored"]].pivot_table(index="attack", columns="variant", values="der")
 ablations = [v for v in ("w/o regulariser", "w/o MixUp", "w/o mu(l) (masks in [0, 1])") if v in der]
-run.claims.check("Every ablation (no regulariser, no MixUp, no mu(l)) scores a lower DER than full NFT (Table 7)",
-                 not der.empty and all((der[v] < der["NFT"]).all() for v in ablations),
-                 "; ".join(f"{a}: " + ", ".join(f"{v} {der.loc[a, v]:.3f}" for v in ["NFT", *ablations]) for a in der.index))
+if not run.claims.check("Every ablation (no regulariser, no MixUp, no mu(l)) scores a lower DER than full NFT (Table 7)",
+                        not der.empty and all((der[v] < der["NFT"]).all() for v in ablations),
+                        "; ".join(f"{a}: " + ", ".join(f"{v} {der.loc[a, v]:.3f}" for v in ["NFT", *ablations]) for a in der.index)) and not der.empty:
+    # How far apart must two DERs be to differ?  Full NFT again with another seed, on every backdoored victim.
+    reseeded = {r.attack: run.row(run.victim(r.attack, r.rate), run.defend(run.victim(r.attack, r.rate), "nft", seed=run.seed + 1))["der"]
+                for r in nft_rows.itertuples()}
+    noise = max(abs(reseeded[a] - der.loc[a, "NFT"]) for a in reseeded)
+    gaps_to_nft = {(a, v): der.loc[a, "NFT"] - der.loc[a, v] for a in der.index for v in ablations}
+    within = [f"{a} {v}" for (a, v), gap in gaps_to_nft.items() if abs(gap) <= noise]
+    run.claims.diagnose(f"full NFT's DER moves by up to {noise:.3f} with the seed alone ("
+                        + ", ".join(f"{a}: {der.loc[a, 'NFT']:.3f} -> {d:.3f}" for a, d in reseeded.items()) + "); "
+                        + (f"within that noise: {', '.join(within)}" if within else "every ablation's gap exceeds it"))
 schedules = [v for v in ("NFT", "linear mu(l)", "constant mu(l)") if v in der]
 run.claims.check("The exponential bound schedule scores at least the DER of the linear and constant ones (Fig. 2)",
                  not der.empty and all((der["NFT"] >= der[v] - 1e-9).all() for v in schedules),

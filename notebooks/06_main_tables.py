@@ -111,12 +111,16 @@ side_by_side.round(2)
 # ## Do the papers' claims hold here?
 
 # %%
+DIAGNOSED_ELSEWHERE = {"nft": "; notebook 03 measures why NFT keeps the backdoor", "pad_ft": "; notebook 05 measures what PAD-FT's selection keeps"}
 for name in [d for d in PAPERS if d in s["defenses"]]:
     part = learned[learned["defense"] == name]
     drops = [run.victims[(r.attack, r.rate)].metrics["acc"] - r.acc for r in part.itertuples()]
-    run.claims.check(f"{name}: mean ASR below 10% with a mean ACC drop under 5 points over the backdoored victims",
-                     not part.empty and part["asr"].mean() < 10 and sum(drops) / len(drops) < 5,
-                     f"mean ASR {part['asr'].mean():.1f}%, mean ACC drop {sum(drops) / max(len(drops), 1):.1f} points over {len(part)} victims")
+    if not run.claims.check(f"{name}: mean ASR below 10% with a mean ACC drop under 5 points over the backdoored victims",
+                            not part.empty and part["asr"].mean() < 10 and sum(drops) / len(drops) < 5,
+                            f"mean ASR {part['asr'].mean():.1f}%, mean ACC drop {sum(drops) / max(len(drops), 1):.1f} points over {len(part)} victims") and not part.empty:
+        # Which victims carry the mean: one failure can sink it, or all can miss together.
+        failing = [f"{r.attack} {r.rate:g} (ASR {r.asr:.1f}%, ACC drop {d:.1f})" for r, d in zip(part.itertuples(), drops) if r.asr >= 10 or d >= 5]
+        run.claims.diagnose(f"misses on {len(failing)} of {len(part)} victims: {', '.join(failing)}" + DIAGNOSED_ELSEWHERE.get(name, ""))
 lowest = learned["rate"].min() if not learned.empty else None
 weak = learned[(learned["rate"] == lowest) & learned["defense"].isin(["ft", "lp"])]
 run.claims.check("FT and LP fail at the lowest backdoored rate (ASR stays above 20%)",

@@ -88,21 +88,29 @@ def cached_defense(victim, name: str, settings: dict, data_spec: dict, evaluate:
 
 
 def defend(victim, name: str, profile=None, evaluate: bool = True, data_fraction: float | None = None,
-           per_class: int | None = None, cache: bool = True, **params) -> Defended:
+           per_class: int | None = None, cache: bool = True, without_poisons: bool = False, **params) -> Defended:
     """Run defense ``name`` on a zoo victim: the paper's defense data, the profile's budget, ``params`` on top.
 
     The PAD family gets the victim's poisoned training set (and its poisoned indices, for the
     report); every other method a class-balanced share of the clean reserve: ``data_fraction``
     of the full training set (default: the paper's), or ``per_class`` images of each class
-    (``per_class=1`` is NFT's one-shot setting).  With ``cache`` (the default) the purified
+    (``per_class=1`` is NFT's one-shot setting).  ``without_poisons`` (PAD family only) takes the
+    known poisons out of that poisoned set first: an oracle no defender has, to measure what a
+    defense loses to the poisons its own selection lets through.  With ``cache`` (the default) the purified
     model and its report are stored beside the victim zoo and a repeated call loads them.
     """
     choose("defense", name, DEFENSES)
     settings = {**get_profile(profile or victim.profile).defense_params(name), **params}
+    if without_poisons and name not in NEEDS_POISONED_DATA:
+        raise PurifyError(f"without_poisons is for the defenses that use the poisoned training set ({', '.join(sorted(NEEDS_POISONED_DATA))}), not {name!r}")
     if name in NEEDS_POISONED_DATA:
         poisoned = victim.poisoned_train()
-        data = poisoned.data
-        settings.setdefault("poisoned", poisoned.poisoned)
+        data, marked = poisoned.data, poisoned.poisoned
+        if without_poisons:
+            clean = torch.ones(len(data), dtype=torch.bool)
+            clean[marked] = False
+            data, marked = data.subset(torch.nonzero(clean).squeeze(1)), marked[:0]
+        settings.setdefault("poisoned", marked)
     else:
         if per_class is not None:
             data_fraction = per_class * victim.splits.num_classes / victim.splits.full_train_size
@@ -119,5 +127,5 @@ def defend(victim, name: str, profile=None, evaluate: bool = True, data_fraction
 
     if not cache:
         return run()
-    spec = {"poisoned_train": True} if name in NEEDS_POISONED_DATA else {"fraction": data_fraction, "size": len(data)}
+    spec = {"poisoned_train": True, **({"without_poisons": True} if without_poisons else {})} if name in NEEDS_POISONED_DATA else {"fraction": data_fraction, "size": len(data)}
     return cached_defense(victim, name, settings, spec, evaluate, run, zoo_dir() / "defended")
