@@ -110,7 +110,7 @@ def defend(victim, name: str, profile=None, evaluate: bool = True, data_fraction
             clean = torch.ones(len(data), dtype=torch.bool)
             clean[marked] = False
             data, marked = data.subset(torch.nonzero(clean).squeeze(1)), marked[:0]
-        settings.setdefault("poisoned", marked)
+        settings["poisoned"] = marked
     else:
         if per_class is not None:
             data_fraction = per_class * victim.splits.num_classes / victim.splits.full_train_size
@@ -121,6 +121,8 @@ def defend(victim, name: str, profile=None, evaluate: bool = True, data_fraction
     unknown = sorted(set(settings) - set(parameters_of(name)))
     if unknown:
         raise PurifyError(f"unknown parameter(s) {', '.join(unknown)} for defense {name!r}; allowed: {', '.join(parameters_of(name))}")
+    # Every default spelled out, so that the cache key says what ran: lr=0.01 given and lr left at 0.01 are one entry.
+    settings = {**parameters_of(name), **settings}
 
     def run():
         return purify(name, victim.model, data, evaluator, **settings)

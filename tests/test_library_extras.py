@@ -8,6 +8,7 @@ import torch
 
 from purify_lib import analysis
 from purify_lib.defend import defend
+from purify_lib.defenses import parameters_of
 from purify_lib.models import make_model
 from purify_lib.train import Recipe
 from purify_lib.zoo import get_victim
@@ -35,6 +36,8 @@ def test_second_defense_call_is_a_cache_hit(victim, isolated_cache, name, params
     assert torch.equal(first.model(x).argmax(1), second.model(x).argmax(1))
     other = defend(victim, name, lr=0.05, **params) if name == "ft" else defend(victim, name, c=0.3, **params)
     assert not other.cache_hit  # any changed setting is a different entry
+    default = {"ft": "lr", "mmbd": "c"}[name]
+    assert defend(victim, name, **{default: parameters_of(name)[default]}, **params).cache_hit  # a default given is the same run
 
 
 def test_tampered_cached_defense_is_run_again(victim, isolated_cache):
@@ -192,3 +195,23 @@ def test_every_deviation_switch_is_a_real_parameter():
         else:
             assert name in DEFENSES, name
             assert set(keywords) <= set(parameters_of(name)), (name, keywords, parameters_of(name))
+
+
+def test_without_poisons_takes_the_known_poisons_out_for_the_pad_family_only(victim, isolated_cache, monkeypatch):
+    import purify_lib.defend as defend_module
+    from purify_lib.errors import PurifyError
+
+    seen = []
+    monkeypatch.setattr(defend_module, "purify", lambda name, model, data, evaluator, **settings: seen.append((data, settings)))
+    poisoned = victim.poisoned_train()
+    assert len(poisoned.poisoned) > 0
+    defend(victim, "pad", cache=False)
+    defend(victim, "pad", cache=False, without_poisons=True)
+    (full, full_settings), (oracle, oracle_settings) = seen
+    assert len(full) == len(poisoned.data) and torch.equal(full_settings["poisoned"], poisoned.poisoned)
+    assert len(oracle) == len(poisoned.data) - len(poisoned.poisoned) and len(oracle_settings["poisoned"]) == 0
+    clean = torch.ones(len(poisoned.data), dtype=torch.bool)
+    clean[poisoned.poisoned] = False
+    assert torch.equal(oracle.images, poisoned.data.images[clean]) and torch.equal(oracle.labels, poisoned.data.labels[clean])
+    with pytest.raises(PurifyError, match="without_poisons is for the defenses that use the poisoned training set"):
+        defend(victim, "ft", epochs=1, without_poisons=True)
