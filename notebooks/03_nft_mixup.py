@@ -57,7 +57,8 @@ s = run.settings(DEFAULTS, victims=victims, per_class_sizes=per_class_sizes)
 #
 # The MixUp loss is NFT's training objective on the clean defense data (mean over each pass, L1 term
 # included); the ideal loss is measured on triggered test images against their true labels, at the
-# evaluation points of the run. Without MixUp (plain cross-entropy on the same masks) is drawn beside it.
+# evaluation points of the run (under the `cpu` profile the points along the way use the first 2,000
+# test images, the last point all of them). Without MixUp (plain cross-entropy on the same masks) is drawn beside it.
 
 # %%
 curves = []

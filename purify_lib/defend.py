@@ -56,7 +56,7 @@ def _jsonable(value):
     return value
 
 
-def cached_defense(victim, name: str, settings: dict, data_spec: dict, evaluate: bool, run, folder: Path) -> Defended:
+def cached_defense(victim, name: str, settings: dict, data_spec: dict, evaluate, run, folder: Path) -> Defended:
     """``run()`` (a defense call on ``victim``), or its stored result when this exact call was made before."""
     precision = resolve_precision(next(victim.model.parameters()).device)
     config = {"victim": victim.record["key"], "defense": name, "data": data_spec, "evaluate": evaluate, "code": code_digest(),
@@ -100,7 +100,8 @@ def defend(victim, name: str, profile=None, evaluate: bool = True, data_fraction
     model and its report are stored beside the victim zoo and a repeated call loads them.
     """
     choose("defense", name, DEFENSES)
-    settings = {**get_profile(profile or victim.profile).defense_params(name), **params}
+    profile = get_profile(profile or victim.profile)
+    settings = {**profile.defense_params(name), **params}
     if without_poisons and name not in NEEDS_POISONED_DATA:
         raise PurifyError(f"without_poisons is for the defenses that use the poisoned training set ({', '.join(sorted(NEEDS_POISONED_DATA))}), not {name!r}")
     if name in NEEDS_POISONED_DATA:
@@ -116,7 +117,7 @@ def defend(victim, name: str, profile=None, evaluate: bool = True, data_fraction
             data_fraction = per_class * victim.splits.num_classes / victim.splits.full_train_size
         data_fraction = data_fraction or DATA_FRACTION.get(name, DEFAULT_FRACTION)
         data = victim.splits.defense_data(data_fraction)
-    evaluator = Evaluator(victim.splits.test, victim.attack) if evaluate else None
+    evaluator = Evaluator(victim.splits.test, victim.attack, profile.progress_eval_size) if evaluate else None
     # Checked here as well as in purify, so a bad name fails before a cached entry is looked up.
     unknown = sorted(set(settings) - set(parameters_of(name)))
     if unknown:
@@ -130,4 +131,5 @@ def defend(victim, name: str, profile=None, evaluate: bool = True, data_fraction
     if not cache:
         return run()
     spec = {"poisoned_train": True, **({"without_poisons": True} if without_poisons else {})} if name in NEEDS_POISONED_DATA else {"fraction": data_fraction, "size": len(data)}
-    return cached_defense(victim, name, settings, spec, evaluate, run, zoo_dir() / "defended")
+    evaluated = {"progress_size": profile.progress_eval_size} if evaluate and profile.progress_eval_size else evaluate
+    return cached_defense(victim, name, settings, spec, evaluated, run, zoo_dir() / "defended")

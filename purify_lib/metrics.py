@@ -79,11 +79,21 @@ def der(before: dict, after: dict) -> float:
 
 
 class Evaluator:
-    """ACC/ASR/RA of any model on one test set, with the triggered set built once."""
+    """ACC/ASR/RA of any model on one test set, with the triggered set built once.
 
-    def __init__(self, test: ImageSet, attack=None):
+    ``progress_size``: an evaluation a training loop makes along the way (``final=False``) uses
+    only the first ``progress_size`` test images and triggered images, so that a curve costs a
+    fraction of the final numbers, which always use every test image.  ``None``: all, always.
+    """
+
+    def __init__(self, test: ImageSet, attack=None, progress_size: int | None = None):
         self.test, self.attack = test, attack
         self.triggered = triggered_test_set(test, attack) if attack is not None else None
+        self.quick = None
+        if progress_size is not None and progress_size < len(test):
+            head = lambda images: images.subset(torch.arange(min(progress_size, len(images))))  # noqa: E731
+            self.quick = (head(test), head(self.triggered) if self.triggered is not None else None)
 
-    def __call__(self, model) -> dict[str, float]:
-        return evaluate(model, self.test, self.attack, self.triggered)
+    def __call__(self, model, final: bool = True) -> dict[str, float]:
+        test, triggered = (self.test, self.triggered) if final or self.quick is None else self.quick
+        return evaluate(model, test, self.attack, triggered)

@@ -29,6 +29,8 @@ class Profile:
     dataset: str = "cifar10"
     # Per-defense budget overrides (epochs, steps) where the papers' budgets exceed the profile's time.
     defense_settings: dict = field(default_factory=dict)
+    # Test images a defense's evaluations along the way use (None: all); its final numbers always use all.
+    progress_eval_size: int | None = None
 
     def defense_params(self, name: str) -> dict:
         return dict(self.defense_settings.get(name, {}))
@@ -43,6 +45,8 @@ class Profile:
 # PAD and PAD-FT keep MM-BD's 50 clipping epochs: with 10, its lambda never adapted (that needs epoch > 10).
 # PAD-FT's head tuning takes 20 of BackdoorBench's 100 epochs: at 100 it cost 6 minutes of the 12 that
 # PAD-FT took on the cpu SIG-5% victim with one thread, and notebook 05 runs it at several N_c.
+# A defense's evaluations along the way (its curves) use 2,000 test images, its final numbers all
+# 10,000: with six full evaluations FT spent about 30 of its 40 seconds evaluating (two threads).
 CPU_DEFENSES = {
     "d3": {"epochs": 20},
     "pad_ft": {"epochs": 20},
@@ -64,7 +68,8 @@ PROFILES = {
                      recipe=Recipe(epochs=5, batch_size=128, lr=0.05, schedule="onecycle", augment=False),
                      defense_settings=SMOKE_DEFENSES),
     "cpu": Profile("cpu", width=16, train_size=None, test_size=None,
-                   recipe=Recipe(epochs=13, batch_size=128, lr=0.1, schedule="onecycle"), defense_settings=CPU_DEFENSES),
+                   recipe=Recipe(epochs=13, batch_size=128, lr=0.1, schedule="onecycle"), defense_settings=CPU_DEFENSES,
+                   progress_eval_size=2000),
     "paper": Profile("paper", width=64, train_size=None, test_size=None, recipe=Recipe()),
 }
 

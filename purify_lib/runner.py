@@ -273,28 +273,26 @@ def plan(tasks: list[tuple[str, dict]], profile: str, parameters: dict, force: b
         stale = record["defense_code"] != digest
         lines.append(f"{label}: to run" + (f"; recorded with other values of {', '.join(differ)}, so what it needs may differ" if differ else "")
                      + ("; the defense code changed since, so every defense run is redone" if stale else ""))
-        own = record["seconds"] - sum(item["seconds"] for item in record["items"])
-        left = {"victims": 0.0, "defenses": 0.0}
+        own = max(record["seconds"] - sum(item["seconds"] for item in record["items"]), 0.0)
+        left = {"victims": 0.0, "defenses": 0.0, "own": own}
         counts = {"victim": [0, 0], "defense": [0, 0]}
         for item in record["items"]:
             folder = zoo if item["kind"] == "victim" else zoo / "defended"
             cached = bool(item["entry"]) and (folder / f"{item['entry']}.json").exists() and not (stale and item["kind"] == "defense")
             cost = item["cost"] if item["cached"] else item["seconds"]  # a run that computed it timed all of it
             counts[item["kind"]][0] += 1
-            if cached or item["entry"] in counted:
+            if cached or (item["entry"] and item["entry"] in counted):
                 counts[item["kind"]][1] += 1
                 state = "cached" if cached else "computed by an earlier notebook of this plan"
             else:
-                counted.add(item["entry"])
+                counted.add(item["entry"])  # "" (a run with the cache off) is never taken for computed
                 left["victims" if item["kind"] == "victim" else "defenses"] += cost
                 state = f"{'to train' if item['kind'] == 'victim' else 'to run'}, about {cost / 60:.1f} min"
             lines.append(f"  {_item_label(item):58} {state}")
-        minutes = (left["victims"] + left["defenses"] + max(own, 0.0)) / 60
         lines.append(f"  victims: {counts['victim'][0]} ({counts['victim'][1]} cached); defense runs: {counts['defense'][0]} "
-                     f"({counts['defense'][1]} cached): about {minutes:.1f} min left ({left['victims'] / 60:.1f} training victims, "
-                     f"{left['defenses'] / 60:.1f} running defenses, {max(own, 0.0) / 60:.1f} the notebook's own work)")
-        total = {"victims": total["victims"] + left["victims"], "defenses": total["defenses"] + left["defenses"],
-                 "own": total["own"] + max(own, 0.0)}
+                     f"({counts['defense'][1]} cached): about {sum(left.values()) / 60:.1f} min left ({left['victims'] / 60:.1f} training "
+                     f"victims, {left['defenses'] / 60:.1f} running defenses, {own / 60:.1f} the notebook's own work)")
+        total = {part: total[part] + left[part] for part in total}
     lines.append(f"total: about {sum(total.values()) / 60:.1f} min left ({total['victims'] / 60:.1f} training victims, "
                  f"{total['defenses'] / 60:.1f} running defenses, {total['own'] / 60:.1f} the notebooks' own work), "
                  "from the times recorded on the machine that made each record"

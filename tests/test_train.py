@@ -36,6 +36,26 @@ def test_metrics_on_constant_predictors(images):
     assert abs(always_three["ra"] - 100 / 9) < 1e-4  # class 3 is one of the nine non-target classes
 
 
+def test_evaluations_along_the_way_use_the_first_test_images_and_the_final_one_all(images):
+    from purify_lib.defenses.base import tune
+
+    attack = make_attack("badnets")
+    size = 37
+    evaluator = Evaluator(images, attack, progress_size=size)
+    always_three = Constant(3)
+    assert evaluator(always_three) == Evaluator(images, attack)(always_three)  # final: every image
+    quick = evaluator(always_three, final=False)
+    assert quick["acc"] == pytest.approx(100 * (images.labels[:size] == 3).float().mean().item())
+    triggered = evaluator.triggered.labels[:size]
+    assert quick["ra"] == pytest.approx(100 * (triggered == 3).float().mean().item())
+    # tune marks only its last evaluation final
+    calls = []
+    model = make_model("preactresnet18", 10, width=4)
+    tune(model, images.subset(torch.arange(40)), model.parameters(), epochs=4, lr=0.01, batch_size=20, eval_every=2,
+         evaluator=lambda net, final: calls.append(final) or {"acc": 0.0})
+    assert calls == [False, False, True]
+
+
 def test_training_is_seeded_and_learns(images):
     def run():
         torch.manual_seed(0)

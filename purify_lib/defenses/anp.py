@@ -46,7 +46,7 @@ def anp(model, data, evaluator=None, *, eps=0.4, alpha=0.2, lr=0.2, steps=2000, 
     norms = batch_norms(model)
     if not norms:
         raise PurifyError(f"ANP prunes BatchNorm channels; {type(model).__name__} has none")
-    history = [{"epoch": 0, **evaluator(model)}] if evaluator is not None else []
+    history = [{"epoch": 0, **evaluator(model, final=False)}] if evaluator is not None else []
     device = next(model.parameters()).device
     weight_parts, bias_parts = [], []
     for norm in norms:

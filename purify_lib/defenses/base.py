@@ -53,7 +53,7 @@ def tune(model, data: ImageSet, params, *, epochs: int, lr: float, batch_size: i
     frozen parts do not drift.  ``steps`` fixes the number of
     optimiser steps instead (NFT's code counts steps); an "epoch" is then one pass over the
     data.  The evaluator runs every ``eval_every`` epochs (default: about five times in all)
-    and after the last.  Forward passes (and a ``step_fn``'s whole step) run under
+    and after the last; only that last one is ``final`` (see ``metrics.Evaluator``).  Forward passes (and a ``step_fn``'s whole step) run under
     ``precision``'s autocast (default ``$PURIFY_PRECISION``, else ``auto``: bf16 where the
     hardware has it); parameters and optimiser state stay fp32.  fp16 (an older GPU) tunes in
     fp32 here: SAM's and ANP's own backward passes leave no place for a loss scaler.
@@ -77,7 +77,7 @@ def tune(model, data: ImageSet, params, *, epochs: int, lr: float, batch_size: i
     torch.manual_seed(seed)
     images, labels = data.images.to(device), data.labels.to(device)
     eval_every = eval_every or max(1, epochs // 5)
-    history = [{"epoch": 0, **evaluator(model)}] if evaluator is not None else []
+    history = [{"epoch": 0, **evaluator(model, final=False)}] if evaluator is not None else []
     done = 0
     bar = tqdm(total=total, disable=not progress, desc=desc, leave=False)
     for epoch in range(1, epochs + 1):
@@ -109,7 +109,7 @@ def tune(model, data: ImageSet, params, *, epochs: int, lr: float, batch_size: i
             bar.update()
         row = {"epoch": epoch, "loss": sum(losses) / max(len(losses), 1)}
         if evaluator is not None and (epoch % eval_every == 0 or epoch == epochs):
-            row.update(evaluator(model))
+            row.update(evaluator(model, final=epoch == epochs))
         history.append(row)
         if on_epoch is not None:
             on_epoch(epoch, model)

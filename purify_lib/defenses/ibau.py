@@ -34,7 +34,7 @@ def ibau(model, data, evaluator=None, *, rounds=5, fixed_point_steps=5, lr=1e-4,
     batches = [(to_float(images[i : i + batch_size]), labels[i : i + batch_size]) for i in range(0, len(labels), batch_size)]
     weights = list(model.parameters())
     outer = torch.optim.Adam(weights, lr=lr, amsgrad=True)
-    history = [{"epoch": 0, **evaluator(model)}] if evaluator is not None else []
+    history = [{"epoch": 0, **evaluator(model, final=False)}] if evaluator is not None else []
 
     def inner_loss(delta, x, y):
         return -F.cross_entropy(model(x + delta), y) + 0.001 * delta.pow(2).sum()
@@ -72,7 +72,7 @@ def ibau(model, data, evaluator=None, *, rounds=5, fixed_point_steps=5, lr=1e-4,
                     w.grad = total if torch.is_tensor(total) else None
                 outer.step()
             if evaluator is not None:
-                history.append({"epoch": round_index, "loss": loss.item(), **evaluator(model)})
+                history.append({"epoch": round_index, "loss": loss.item(), **evaluator(model, final=round_index == rounds)})
 
     _, seconds = timed(run)
     return Defended(model.eval(), "ibau", params, seconds, history)
