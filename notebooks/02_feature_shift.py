@@ -118,7 +118,14 @@ run.claims.check("At the low rate, feature-shift methods (FE-tuning, FT-init, FS
                  bool(shift and still) and np.mean(shift) > np.mean(still),
                  "silhouette " + ", ".join(f"{m} {v:.3f}" for m, v in low.items()) if low else "no backdoored low-rate victim")
 others = [m for m in ("nft", "d3") if m in low]
-run.claims.check("NFT and D3 also separate triggered from clean target features beyond the victim (NFT Fig. 1, D3 Fig. 4a)",
-                 bool(others) and all(low[m] > low["victim"] for m in others),
-                 ", ".join(f"{m} {low[m]:.3f}" for m in ["victim", *others] if m in low) or "no backdoored low-rate victim")
+if not run.claims.check("NFT and D3 also separate triggered from clean target features beyond the victim (NFT Fig. 1, D3 Fig. 4a)",
+                        bool(others) and all(low[m] > low["victim"] for m in others),
+                        ", ".join(f"{m} {low[m]:.3f}" for m in ["victim", *others] if m in low) or "no backdoored low-rate victim") and others:
+    # Separation is the papers' account of removal: does it follow the backdoor's removal across every model at this rate?
+    at_low = scores[(scores["attack"] == a_low) & (scores["rate"] == r_low)].set_index("model")
+    rho = at_low["separation"].corr(at_low["asr"], method="spearman")
+    run.claims.diagnose(", ".join(f"{m}: ASR {at_low.loc[m, 'asr']:.1f}%" for m in ["victim", *others])
+                        + f"; over the {len(at_low)} models at rate {r_low:g}, silhouette against ASR has Spearman rho {rho:.2f}"
+                        + (" (the models that remove more of the backdoor separate the features more)" if rho < -0.5 else
+                           " (separation does not track removal here)"))
 run.finish();

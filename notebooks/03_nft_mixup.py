@@ -40,6 +40,7 @@ per_class_sizes = []  # clean images per class for the size ablation (NFT's defa
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
+import torch
 
 from purify_lib.cli import parse_specs
 from purify_lib.run import Run
@@ -132,7 +133,7 @@ if not run.claims.check("The MixUp loss stays above the ideal purification loss 
     below = pd.Series([asr_at[(v, step)] for v, step, gap in gaps if gap < 0], dtype=float)
     above = pd.Series([asr_at[(v, step)] for v, step, gap in gaps if gap >= 0], dtype=float)
     run.claims.diagnose(f"mean ASR {below.mean():.1f}% at the {len(below)} evaluations where the MixUp loss is below the ideal loss, "
-                        f"{above.mean():.1f}% at the {len(above)} where it is above: "
+                        + (f"{above.mean():.1f}% at the {len(above)} where it is above: " if len(above) else "and it is never above: ")
                         + ("the bound fails where the backdoor is still active" if len(above) == 0 or below.mean() > above.mean() else
                            "the bound fails whether or not the backdoor is active"))
 nft_rows = ablation[(ablation["variant"] == "NFT") & ablation["backdoored"]]
@@ -143,11 +144,17 @@ if not run.claims.check("NFT removes the backdoor (ASR < 10%) with a small ACC d
     # Is the step budget the limit?  The same NFT with three times the steps, on the first backdoored victim.
     first = next(nft_rows.itertuples())
     victim = run.victim(first.attack, first.rate)
-    longer = run.defend(victim, "nft", steps=3 * run.defend(victim, "nft").params["steps"])
+    default = run.defend(victim, "nft")
+    longer = run.defend(victim, "nft", steps=3 * default.params["steps"])
     after = longer.history[-1]
+    # How far did the masks move from 1 (a mask at 1 leaves its channel as it was)?
+    masks = torch.cat([torch.as_tensor(m).flatten() for m in default.extra["masks"]])  # lists when loaded from the cache
     run.claims.diagnose(f"{'the step budget' if after['asr'] < 10 else 'not the step budget alone'}: on {first.attack} {first.rate:g}, "
                         f"{longer.params['steps']} steps give ASR {after['asr']:.1f}%, ACC {after['acc']:.1f}% "
-                        f"(against {first.asr:.1f}%, {first.acc:.1f}% at {longer.params['steps'] // 3})")
+                        f"(against {first.asr:.1f}%, {first.acc:.1f}% at {longer.params['steps'] // 3}); the masks "
+                        f"{'hardly move' if (masks < 0.9).float().mean() < 0.05 else 'move'} from 1: "
+                        f"mean {masks.mean():.3f}, {int((masks < 0.9).sum())} of {len(masks)} channels below 0.9, "
+                        f"{int((masks < 0.5).sum())} below 0.5")
 one_shot = ablation[(ablation["variant"] == "1 per class") & ablation["backdoored"]]
 if not run.claims.check("One clean image per class is enough (ASR < 10%)",
                         not one_shot.empty and (one_shot["asr"] < 10).all(),
