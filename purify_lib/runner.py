@@ -289,8 +289,8 @@ def plan(tasks: list[tuple[str, dict]], profile: str, parameters: dict, force: b
                 left["victims" if item["kind"] == "victim" else "defenses"] += cost
                 state = f"{'to train' if item['kind'] == 'victim' else 'to run'}, about {cost / 60:.1f} min"
             lines.append(f"  {_item_label(item):58} {state}")
-        lines.append(f"  victims: {counts['victim'][0]} ({counts['victim'][1]} cached); defense runs: {counts['defense'][0]} "
-                     f"({counts['defense'][1]} cached): about {sum(left.values()) / 60:.1f} min left ({left['victims'] / 60:.1f} training "
+        lines.append(f"  victims: {counts['victim'][0]} ({counts['victim'][1]} cached or computed earlier in this plan); "
+                     f"defense runs: {counts['defense'][0]} ({counts['defense'][1]} cached or computed earlier): about {sum(left.values()) / 60:.1f} min left ({left['victims'] / 60:.1f} training "
                      f"victims, {left['defenses'] / 60:.1f} running defenses, {own / 60:.1f} the notebook's own work)")
         total = {part: total[part] + left[part] for part in total}
     lines.append(f"total: about {sum(total.values()) / 60:.1f} min left ({total['victims'] / 60:.1f} training victims, "
