@@ -38,7 +38,7 @@ import seaborn as sns
 
 from purify_lib import paper_tables
 from purify_lib.cli import parse_specs
-from purify_lib.defenses import DEFENSES
+from purify_lib.defenses import DEFENSES, parameters_of
 from purify_lib.errors import choose
 from purify_lib.run import Run
 
@@ -120,7 +120,17 @@ for name in [d for d in PAPERS if d in s["defenses"]]:
                             f"mean ASR {part['asr'].mean():.1f}%, mean ACC drop {sum(drops) / max(len(drops), 1):.1f} points over {len(part)} victims") and not part.empty:
         # Which victims carry the mean: one failure can sink it, or all can miss together.
         failing = [f"{r.attack} {r.rate:g} (ASR {r.asr:.1f}%, ACC drop {d:.1f})" for r, d in zip(part.itertuples(), drops) if r.asr >= 10 or d >= 5]
-        run.claims.diagnose(f"misses on {len(failing)} of {len(part)} victims: {', '.join(failing)}" + DIAGNOSED_ELSEWHERE.get(name, ""))
+        budget = ""
+        cut = run.profile.defense_params(name)
+        if cut and name not in DIAGNOSED_ELSEWHERE:
+            # Is it the profile's cut budget?  The paper's budget on the victim where the defense did worst.
+            worst = part.loc[part["asr"].idxmax()]
+            full = {k: parameters_of(name)[k] for k in cut}
+            after = run.defend(run.victim(worst["attack"], worst["rate"]), name, **full).history[-1]
+            budget = (f"; on {worst['attack']} {worst['rate']:g}, the full budget ({', '.join(f'{k} {v}' for k, v in full.items())} "
+                      f"against {', '.join(f'{k} {v}' for k, v in cut.items())}) gives ASR {after['asr']:.1f}% (from {worst['asr']:.1f}%), "
+                      f"ACC {after['acc']:.1f}%: {'the budget' if after['asr'] < 10 else 'not the budget alone'}")
+        run.claims.diagnose(f"misses on {len(failing)} of {len(part)} victims: {', '.join(failing)}" + DIAGNOSED_ELSEWHERE.get(name, "") + budget)
 lowest = learned["rate"].min() if not learned.empty else None
 weak = learned[(learned["rate"] == lowest) & learned["defense"].isin(["ft", "lp"])]
 run.claims.check("FT and LP fail at the lowest backdoored rate (ASR stays above 20%)",
