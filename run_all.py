@@ -26,9 +26,7 @@ from purify_lib import runner  # noqa: E402
 from purify_lib.cli import run_cli  # noqa: E402
 
 EXECUTORS = ("inline", "local", "slurm")
-
-
-PARTS = ("victims", "defenses", "loads", "other")
+PARTS = runner.BREAKDOWN
 
 
 def summary(results: list[dict], total: float) -> str:

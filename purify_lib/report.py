@@ -63,6 +63,11 @@ def machine() -> dict:
             "cpu": cpu, "threads": torch.get_num_threads()}
 
 
+def victim_name(victim) -> str:
+    """``attack:rate`` (``clean:0`` for a clean model), as run records and needs records name a victim."""
+    return f"{victim.attack.name if victim.attack else 'clean'}:{victim.poison_rate:g}"
+
+
 def run_record(notebook: str, profile, parameters: dict, victims=(), device=None) -> dict:
     """Everything needed to reproduce this run's outputs."""
     import numpy
@@ -78,7 +83,7 @@ def run_record(notebook: str, profile, parameters: dict, victims=(), device=None
         "device": str(device) if device is not None else None,
         "versions": {**machine(), "torchvision": torchvision.__version__, "numpy": numpy.__version__,
                      "scikit-learn": sklearn.__version__},
-        "victims": {f"{v.attack.name if v.attack else 'clean'}:{v.poison_rate:g}": {"key": v.record["key"], "sha256": v.record["sha256"]}
+        "victims": {victim_name(v): {"key": v.record["key"], "sha256": v.record["sha256"]}
                     for v in victims},
     }
 

@@ -22,7 +22,7 @@ from .defend import code_digest, defend
 from .files import atomic_path
 from .metrics import der, pick_device
 from .profiles import get_profile
-from .report import Claims, figures_dir, run_record
+from .report import Claims, figures_dir, run_record, victim_name
 from .zoo import get_victim
 
 
@@ -62,7 +62,7 @@ class Run:
 
     def _note(self, kind: str, victim, started: float, entry: str, cached: bool, cost: float, **what) -> None:
         """``seconds``: this call's wall time (a load when ``cached``); ``cost``: what computing it took when it was made."""
-        self.needs.append({"kind": kind, "victim": f"{victim.attack.name if victim.attack else 'clean'}:{victim.poison_rate:g}", **what,
+        self.needs.append({"kind": kind, "victim": victim_name(victim), **what,
                            "entry": entry, "cached": cached, "seconds": round(time.perf_counter() - started, 1), "cost": round(cost, 1)})
 
     def settings(self, defaults: dict, **given) -> dict:

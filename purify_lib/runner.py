@@ -225,6 +225,9 @@ def needs_record(name: str, profile: str) -> dict | None:
         return None
 
 
+BREAKDOWN = ("victims", "defenses", "loads", "other")  # the parts ``breakdown`` splits a run's wall time into
+
+
 def breakdown(record: dict | None, seconds: float) -> dict:
     """A run's wall time split into training victims, running defenses, loading cached ones, and the rest."""
     items = record["items"] if record else []
