@@ -6,9 +6,9 @@ stores the purified model so that no notebook runs the same defense twice.  It s
 above ``defenses/``, which knows nothing of the zoo.
 
 A cache entry is keyed by the victim's own key, the defense, every setting, the defense data and
-a digest of the defense code itself: editing any defense (or the tuning loop) makes its old
-entries misses rather than stale hits.  Entries use the zoo's checkpoint format (state dict
-loaded with ``weights_only=True`` after a SHA-256 check; JSON record written last) and its
+a digest of the code that defense runs (``code_digest``): editing a defense (or the tuning loop)
+makes its old entries misses rather than stale hits, and adding a defense leaves the others'
+valid.  Entries use the zoo's checkpoint format (state dict loaded with ``weights_only=True`` after a SHA-256 check; JSON record written last) and its
 file lock, so concurrent jobs on a shared filesystem run each defense once.
 """
 from __future__ import annotations
@@ -16,6 +16,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -34,14 +36,22 @@ from .zoo import zoo_dir
 
 # Defenses whose purified model carries activation-clipping layers the victim does not have.
 CLIPPED = {"mmbd", "pad", "pad_ft"}
-_CODE = [Path(__file__), *sorted((Path(__file__).parent / "defenses").glob("*.py")),
-         *(Path(__file__).parent / name for name in ("models.py", "metrics.py", "train.py", "data.py", "precision.py"))]
+# What every defense runs on; each defense adds its own module and the defense modules that one imports.
+_SHARED = [Path(__file__), *(Path(__file__).parent / name for name in ("models.py", "metrics.py", "train.py", "data.py", "precision.py"))]
 
 
-def code_digest() -> str:
-    """SHA-256 over this module, the defense modules and the code they run on (tuning loop, models, metrics, data)."""
+def code_digest(name: str) -> str:
+    """SHA-256 over the code defense ``name`` runs: this module, the models, metrics, tuning and data
+    code, its own module and the defense modules it imports (``base.py``'s tuning loop among them),
+    so that adding or editing one defense leaves the others' cache entries valid."""
+    files, stack = [], [Path(sys.modules[DEFENSES[choose("defense", name, DEFENSES)].__module__].__file__)]
+    while stack:
+        path = stack.pop()
+        if path not in files:
+            files.append(path)
+            stack += [path.parent / f"{module}.py" for module in re.findall(r"^from \.(\w+) import", path.read_text(), re.M)]
     digest = hashlib.sha256()
-    for path in _CODE:
+    for path in _SHARED + sorted(files):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -59,7 +69,7 @@ def _jsonable(value):
 def cached_defense(victim, name: str, settings: dict, data_spec: dict, evaluate, run, folder: Path) -> Defended:
     """``run()`` (a defense call on ``victim``), or its stored result when this exact call was made before."""
     precision = resolve_precision(next(victim.model.parameters()).device)
-    config = {"victim": victim.record["key"], "defense": name, "data": data_spec, "evaluate": evaluate, "code": code_digest(),
+    config = {"victim": victim.record["key"], "defense": name, "data": data_spec, "evaluate": evaluate, "code": code_digest(name),
               "precision": precision,
               "settings": _jsonable({k: v for k, v in settings.items() if k not in ("poisoned", "progress")})}
     key = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]

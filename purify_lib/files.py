@@ -46,12 +46,7 @@ def save_checkpoint(model, weights: Path, record_path: Path, record: dict) -> di
     """
     import json
 
-    import torch
-
-    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    with atomic_path(weights) as tmp:
-        torch.save(state, tmp)
-        record = {**record, "sha256": sha256_file(tmp)}
+    record = {**record, "sha256": save_tensors(model.state_dict(), weights)}
     with atomic_path(record_path) as tmp:
         tmp.write_text(json.dumps(record, indent=1))
     return record
@@ -65,12 +60,26 @@ def load_checkpoint(model, weights: Path, record_path: Path) -> dict:
     """
     import json
 
+    record = json.loads(Path(record_path).read_text())
+    model.load_state_dict(load_tensors(weights, record["sha256"]))
+    return record
+
+
+def save_tensors(state: dict, path: Path) -> str:
+    """Write a dict of tensors atomically; return the file's SHA-256."""
     import torch
 
-    record = json.loads(Path(record_path).read_text())
-    if not Path(weights).exists():
-        raise OSError("checkpoint missing")
-    if sha256_file(weights) != record["sha256"]:
-        raise OSError("checkpoint hash differs from its record")
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    return record
+    with atomic_path(path) as tmp:
+        torch.save({name: tensor.detach().cpu().contiguous() for name, tensor in state.items()}, tmp)
+        return sha256_file(tmp)
+
+
+def load_tensors(path: Path, sha256: str) -> dict:
+    """A dict of tensors written by ``save_tensors``, loaded with ``weights_only=True`` once its SHA-256 matches."""
+    import torch
+
+    if not Path(path).exists():
+        raise OSError(f"{Path(path).name} missing")
+    if sha256_file(path) != sha256:
+        raise OSError(f"{Path(path).name}: hash differs from its record")
+    return torch.load(path, map_location="cpu", weights_only=True)

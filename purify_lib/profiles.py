@@ -47,8 +47,13 @@ class Profile:
 # PAD-FT took on the cpu SIG-5% victim with one thread, and notebook 05 runs it at several N_c.
 # A defense's evaluations along the way (its curves) use 2,000 test images, its final numbers all
 # 10,000: with six full evaluations FT spent about 30 of its 40 seconds evaluating (two threads).
+# FP, NC and SAU take 20 of BackdoorBench's 100 epochs (rounds, for SAU), and NC 20 of its 80 reverse-engineering
+# passes per class, as D3 does; RNP keeps its own (short) budget.
 CPU_DEFENSES = {
     "d3": {"epochs": 20},
+    "fp": {"epochs": 20},
+    "nc": {"reverse_epochs": 20, "epochs": 20},
+    "sau": {"epochs": 20},
     "pad_ft": {"epochs": 20},
     "ft_sam": {"epochs": 10},
     "ibau": {"rounds": 3},
@@ -61,6 +66,10 @@ SMOKE_DEFENSES = {
     "anp": {"steps": 10},
     "ibau": {"rounds": 1},
     "nad": {"teacher_epochs": 1, "epochs": 1},
+    "fp": {"epochs": 1},
+    "nc": {"reverse_epochs": 2, "epochs": 1},
+    "sau": {"epochs": 1},
+    "rnp": {"unlearn_epochs": 2, "recover_epochs": 2},
 }
 
 PROFILES = {

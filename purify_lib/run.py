@@ -116,12 +116,16 @@ class Run:
         self._write_needs()
         return rows
 
+    def _defense_code(self) -> dict:
+        """Each defense this run used, and the digest of its code (``defend.code_digest``)."""
+        return {name: code_digest(name) for name in sorted({item["defense"] for item in self.needs if item["kind"] == "defense"})}
+
     def _write_needs(self) -> None:
         """``needs_<notebook>.json``: the victims and defense runs this run used, what each cost, and the
-        defense-code digest their cache entries were made under (a different digest makes them misses)."""
+        defense-code digests their cache entries were made under (a different digest makes them misses)."""
         path = self.figures / f"needs_{self.notebook}.json"
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps({"notebook": self.notebook, "profile": self.profile.name, "requested": self.requested,
-                                       "defense_code": code_digest(), "seconds": round(time.perf_counter() - self.started, 1),
+                                       "defense_code": self._defense_code(), "seconds": round(time.perf_counter() - self.started, 1),
                                        "items": self.needs}, indent=1, default=str) + "\n")
         self._manifest([path])

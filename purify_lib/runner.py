@@ -252,7 +252,7 @@ def plan(tasks: list[tuple[str, dict]], profile: str, parameters: dict, force: b
     from .defend import code_digest
     from .zoo import zoo_dir
 
-    zoo, digest = zoo_dir(), code_digest()
+    zoo = zoo_dir()
     counted: set[str] = set()  # an entry the plan already has a notebook compute before this one
     total = {"victims": 0.0, "defenses": 0.0, "own": 0.0}
     unknown = []  # notebooks to run with no record of their needs
@@ -273,15 +273,17 @@ def plan(tasks: list[tuple[str, dict]], profile: str, parameters: dict, force: b
             continue
         requested = {**notebook_parameters(name), **parameters, **point}
         differ = sorted(k for k, v in record["requested"].items() if k in requested and requested[k] != v)
-        stale = record["defense_code"] != digest
+        # A record from before per-defense digests holds one string: every defense in it counts as changed.
+        recorded = record["defense_code"] if isinstance(record["defense_code"], dict) else {}
+        changed = sorted({i["defense"] for i in record["items"] if i["kind"] == "defense" and recorded.get(i["defense"]) != code_digest(i["defense"])})
         lines.append(f"{label}: to run" + (f"; recorded with other values of {', '.join(differ)}, so what it needs may differ" if differ else "")
-                     + ("; the defense code changed since, so every defense run is redone" if stale else ""))
+                     + (f"; the code of {', '.join(changed)} changed since, so their runs are redone" if changed else ""))
         own = max(record["seconds"] - sum(item["seconds"] for item in record["items"]), 0.0)
         left = {"victims": 0.0, "defenses": 0.0, "own": own}
         counts = {"victim": [0, 0], "defense": [0, 0]}
         for item in record["items"]:
             folder = zoo if item["kind"] == "victim" else zoo / "defended"
-            cached = bool(item["entry"]) and (folder / f"{item['entry']}.json").exists() and not (stale and item["kind"] == "defense")
+            cached = bool(item["entry"]) and (folder / f"{item['entry']}.json").exists() and not (item["kind"] == "defense" and item["defense"] in changed)
             cost = item["cost"] if item["cached"] else item["seconds"]  # a run that computed it timed all of it
             counts[item["kind"]][0] += 1
             if cached or (item["entry"] and item["entry"] in counted):

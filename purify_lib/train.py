@@ -116,6 +116,8 @@ def train_model(model, data: ImageSet, recipe: Recipe, attack=None, poison_rate:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            if controlled:
+                attack.after_step()
             scheduler.step()
             bar.update()
             bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", refresh=False)

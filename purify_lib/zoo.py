@@ -25,7 +25,7 @@ from filelock import FileLock
 from .attacks import Attack, Poisoned, make_attack
 from .data import ImageSet, Splits, cache_dir, load_dataset, make_splits
 from .errors import PurifyError
-from .files import load_checkpoint, save_checkpoint
+from .files import atomic_path, load_checkpoint, load_tensors, save_checkpoint, save_tensors
 from .metrics import evaluate, pick_device, triggered_test_set
 from .models import make_model
 from .precision import resolve_precision
@@ -131,7 +131,9 @@ def get_victim(attack: str | None = "badnets", poison_rate: float = 0.1, profile
     weights, record_path = folder / f"{label}.pt", folder / f"{label}.json"
 
     with FileLock(str(folder / f"{label}.lock")):
-        record = _load(model, weights, record_path)
+        if attack_obj is not None and attack_obj.asset_config() is not None:
+            _attach_asset(attack_obj, config, splits, folder, device, progress)
+        record = _load(model, weights, record_path, attack_obj)
         hit = record is not None
         if not hit:
             if attack_obj is not None and attack_obj.needs_clean_model:
@@ -183,20 +185,55 @@ def check_requests(requests, profile: str | Profile | None = None, *, split_seed
     return profile
 
 
-def _load(model, weights: Path, record_path: Path) -> dict | None:
+def _attach_asset(attack: Attack, config: dict, splits: Splits, folder: Path, device=None, progress: bool = False) -> None:
+    """Give an attack the part it builds once and every victim of it shares (SSBA's encoder), from the
+    zoo or built on the attacker's training set and stored there: ``asset-<attack>-<key>``, keyed by
+    the attack's ``asset_config`` and the data it is built on, in the zoo's checkpoint format."""
+    asset_config = {"asset": attack.asset_config(), "data": config["data"], "split_seed": config["split_seed"],
+                    "reserve_fraction": config["reserve_fraction"], "train_size": config["train_size"]}
+    label = f"asset-{attack.name}-{config_key(asset_config)}"
+    weights, record_path = folder / f"{label}.pt", folder / f"{label}.json"
+    with FileLock(str(folder / f"{label}.lock")):
+        if record_path.exists():
+            try:
+                record = json.loads(record_path.read_text())
+                attack.load_asset(load_tensors(weights, record["sha256"]))
+                return
+            except Exception as exc:  # truncated, corrupted or tampered: rebuild rather than trust it
+                warnings.warn(f"zoo asset {weights.name} is unusable ({exc}); rebuilding it", stacklevel=3)
+        started = time.perf_counter()
+        state = attack.build_asset(splits.train, pick_device(device), progress)
+        record = {"config": asset_config, "seconds": round(time.perf_counter() - started, 1), "extra": attack.asset_report(),
+                  "versions": machine(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "sha256": save_tensors(state, weights)}
+        with atomic_path(record_path) as tmp:
+            tmp.write_text(json.dumps(record, indent=1))
+        with open(folder / "trained.log", "a") as log:
+            log.write(f"{record['created']} {label} {record['seconds']}s host={platform.node()} pid={os.getpid()}\n")
+
+
+def _load(model, weights: Path, record_path: Path, attack: Attack | None) -> dict | None:
     if not record_path.exists():
         return None
     try:
-        return load_checkpoint(model, weights, record_path)
+        record = load_checkpoint(model, weights, record_path)
+        if attack is not None and "attack_sha256" in record:
+            attack.load_state_dict(load_tensors(_attack_state_path(weights), record["attack_sha256"]))
+        return record
     except Exception as exc:  # truncated, corrupted or tampered: rebuild rather than trust it
         warnings.warn(f"zoo entry {weights.name} is unusable ({exc}); rebuilding it", stacklevel=3)
         return None
+
+
+def _attack_state_path(weights: Path) -> Path:
+    return weights.with_name(weights.stem + ".attack.pt")
 
 
 def _build(model, attack, poison_rate, splits, profile, config, device, progress, weights, record_path) -> dict:
     started = time.perf_counter()
     poisoned_indices = []
     train_set = splits.train
+    if attack is not None:
+        attack.prepare(splits.train, device)
     if attack is not None and not attack.training_controlled:
         poisoned = attack.poison(splits.train, poison_rate, seed=config["split_seed"])
         train_set, poisoned_indices = poisoned.data, poisoned.poisoned.tolist()
@@ -218,4 +255,7 @@ def _build(model, attack, poison_rate, splits, profile, config, device, progress
         "versions": machine(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    state = attack.state_dict() if attack is not None else {}
+    if state:  # written before the record, which is what makes the entry exist
+        record["attack_sha256"] = save_tensors(state, _attack_state_path(weights))
     return save_checkpoint(model, weights, record_path, record)

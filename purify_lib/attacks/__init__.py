@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 from ..errors import PurifyError, choose
+from .adaptive_blend import AdaptiveBlend
 from .badnets import BadNets
 from .base import Attack, Poisoned
 from .blended import Blended
 from .lc import LC
 from .lf import LF
 from .sig import SIG
+from .trojannn import TrojanNN
 from .wanet import WaNet
 
-ATTACKS = {cls.name: cls for cls in (BadNets, Blended, SIG, LF, WaNet, LC)}
+ATTACKS = {cls.name: cls for cls in (BadNets, Blended, SIG, LF, WaNet, LC, AdaptiveBlend, TrojanNN)}
 
 
 def make_attack(name: str, **params) -> Attack:

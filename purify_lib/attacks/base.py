@@ -105,6 +105,37 @@ class Attack:
     def augment(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{self.name} has no augmentation of its own")
 
+    # Attacks with learned parts (IAD's generators, trained with the victim) use the hooks below;
+    # the zoo calls them and stores ``state_dict()`` beside the victim when it is not empty.
+    def prepare(self, train: ImageSet, device) -> None:
+        """Called once before the victim trains, with its clean training set (IAD pretrains its mask generator)."""
+
+    def after_step(self) -> None:
+        """Called after every optimiser step of a training-controlled attack (IAD steps its generators)."""
+
+    def state_dict(self) -> dict:
+        """Tensors the trigger depends on that the attack's parameters do not fix (learned with the victim)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            raise PurifyError(f"{self.name} keeps no learned state; got {', '.join(state)}")
+
+    # An asset is a learned part every victim of the attack shares (SSBA's encoder): the zoo builds it
+    # once per ``asset_config`` and training set, stores it, and hands it back with ``load_asset``.
+    def asset_config(self) -> dict | None:
+        return None
+
+    def build_asset(self, train: ImageSet, device, progress: bool = False) -> dict:
+        raise NotImplementedError(f"{self.name} builds no asset")
+
+    def load_asset(self, state: dict) -> None:
+        raise NotImplementedError(f"{self.name} builds no asset")
+
+    def asset_report(self) -> dict:
+        """What building the asset measured (losses, bit accuracy), for its zoo record."""
+        return {}
+
 
 def find_trigger(filename: str, explicit: str | os.PathLike | None) -> Path | None:
     """The trigger file to use: ``explicit`` (must exist), else the standard file in

@@ -16,18 +16,23 @@ from .anp import anp
 from .base import Defended
 from .d3 import d3
 from .finetune import fe_tuning, fst, ft, ft_init, lp
+from .fp import fp
 from .ftsam import ft_sam
 from .ibau import ibau
 from .mmbd import mmbd
 from .nad import nad
+from .nc import nc
 from .nft import nft
 from .pad import pad, pad_ft
+from .rnp import rnp
+from .sau import sau
 
-DEFENSES = {fn.__name__: fn for fn in (ft, lp, fe_tuning, ft_init, fst, nft, d3, pad, pad_ft, ft_sam, anp, ibau, nad, mmbd)}
+DEFENSES = {fn.__name__: fn for fn in (ft, lp, fe_tuning, ft_init, fst, nft, d3, pad, pad_ft, ft_sam, anp, ibau, nad, mmbd, fp, nc, sau, rnp)}
 NEEDS_POISONED_DATA = {"pad", "pad_ft"}
 # Clean defense data as a share of the full training set, as each paper states it:
-# FST 2%, NFT 1%, D3 and BackdoorBench's baselines 5%; MM-BD's code uses 50 images per class.
-DATA_FRACTION = {"ft": 0.02, "lp": 0.02, "fe_tuning": 0.02, "ft_init": 0.02, "fst": 0.02, "nft": 0.01, "mmbd": 0.01}
+# FST 2%, NFT 1%, D3 and BackdoorBench's baselines 5%; MM-BD's code uses 50 images per class, and
+# BackdoorBench's RNP 1% (its ``config/defense/rnp/config.yaml``).
+DATA_FRACTION = {"ft": 0.02, "lp": 0.02, "fe_tuning": 0.02, "ft_init": 0.02, "fst": 0.02, "nft": 0.01, "mmbd": 0.01, "rnp": 0.01}
 DEFAULT_FRACTION = 0.05
 
 
