@@ -40,18 +40,22 @@ CLIPPED = {"mmbd", "pad", "pad_ft"}
 _SHARED = [Path(__file__), *(Path(__file__).parent / name for name in ("models.py", "metrics.py", "train.py", "data.py", "precision.py"))]
 
 
-def code_digest(name: str) -> str:
-    """SHA-256 over the code defense ``name`` runs: this module, the models, metrics, tuning and data
-    code, its own module and the defense modules it imports (``base.py``'s tuning loop among them),
-    so that adding or editing one defense leaves the others' cache entries valid."""
+def code_files(name: str) -> list[Path]:
+    """The code defense ``name`` runs: this module, the models, metrics, tuning and data code, its own
+    module and the defense modules it imports (``base.py``'s tuning loop among them)."""
     files, stack = [], [Path(sys.modules[DEFENSES[choose("defense", name, DEFENSES)].__module__].__file__)]
     while stack:
         path = stack.pop()
         if path not in files:
             files.append(path)
             stack += [path.parent / f"{module}.py" for module in re.findall(r"^from \.(\w+) import", path.read_text(), re.M)]
+    return _SHARED + sorted(files)
+
+
+def code_digest(name: str) -> str:
+    """SHA-256 over ``code_files(name)``: adding or editing one defense leaves the others' cache entries valid."""
     digest = hashlib.sha256()
-    for path in _SHARED + sorted(files):
+    for path in code_files(name):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 

@@ -12,10 +12,12 @@ from .report import PROJECT_ROOT
 
 TABLES_ENV = "PURIFY_PAPER_TABLES"
 ATTACK_NAMES = {"badnets": {"BadNet", "BadNets", "Badnets"}, "blended": {"Blended", "Blend"}, "sig": {"SIG"},
-                "wanet": {"WaNet"}, "lf": {"LF"}, "lc": {"LC", "CLB"}}
+                "wanet": {"WaNet"}, "lf": {"LF"}, "lc": {"LC", "CLB"}, "iad": {"Input-aware", "Dyn-one"},
+                "ssba": {"SSBA", "ISSBA"}, "adaptive_blend": {"Adaptive-Blend"}, "trojannn": {"Troj-one"}}
 DEFENSE_NAMES = {"ft": {"FT", "Vanilla FT"}, "lp": {"LP"}, "fe_tuning": {"FE-tuning"}, "ft_init": {"FT-init"}, "fst": {"FST"},
                  "nft": {"NFT"}, "d3": {"D3"}, "pad": {"PAD"}, "pad_ft": {"PAD-FT"}, "mmbd": {"MM-BD"},
-                 "ft_sam": {"FT-SAM", "FT+SAM"}, "anp": {"ANP"}, "ibau": {"I-BAU", "i-BAU"}, "nad": {"NAD"}, "none": {"No Defense"}}
+                 "ft_sam": {"FT-SAM", "FT+SAM"}, "anp": {"ANP"}, "ibau": {"I-BAU", "i-BAU"}, "nad": {"NAD"}, "fp": {"FP"}, "nc": {"NC"},
+                 "sau": {"SAU"}, "rnp": {"RNP"}, "none": {"No Defense"}}
 
 
 def tables_dir() -> Path | None:

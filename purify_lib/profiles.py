@@ -31,9 +31,14 @@ class Profile:
     defense_settings: dict = field(default_factory=dict)
     # Test images a defense's evaluations along the way use (None: all); its final numbers always use all.
     progress_eval_size: int | None = None
+    # Per-attack parameter overrides (they are part of the victim's key), where an attack's own training exceeds the profile's time.
+    attack_settings: dict = field(default_factory=dict)
 
     def defense_params(self, name: str) -> dict:
         return dict(self.defense_settings.get(name, {}))
+
+    def attack_params(self, name: str) -> dict:
+        return dict(self.attack_settings.get(name, {}))
 
 
 # The cpu profile cuts the long defense budgets to about a minute each at width 16 (timed on the
@@ -47,17 +52,26 @@ class Profile:
 # PAD-FT took on the cpu SIG-5% victim with one thread, and notebook 05 runs it at several N_c.
 # A defense's evaluations along the way (its curves) use 2,000 test images, its final numbers all
 # 10,000: with six full evaluations FT spent about 30 of its 40 seconds evaluating (two threads).
-# FP, NC and SAU take 20 of BackdoorBench's 100 epochs (rounds, for SAU), and NC 20 of its 80 reverse-engineering
-# passes per class, as D3 does; RNP keeps its own (short) budget.
+# FP takes 20 of BackdoorBench's 100 epochs, as D3 does.  NC reverse-engineers with 5 of its 80 passes
+# per class (a pass over the 2,500 images is 10 steps of batch 256, and ten classes make 100 steps a pass:
+# 0.3 s a step measured at width 8 on one shared thread, so 80 passes would take most of an hour a
+# victim) and unlearns for 10 epochs; SAU runs 5 of its 100 rounds (each of its steps is 5 PGD steps
+# through two models and an update, about 13 passes of a batch of 256).
+# RNP keeps its own short budget.
 CPU_DEFENSES = {
     "d3": {"epochs": 20},
     "fp": {"epochs": 20},
-    "nc": {"reverse_epochs": 20, "epochs": 20},
-    "sau": {"epochs": 20},
+    "nc": {"reverse_epochs": 5, "epochs": 10},
+    "sau": {"epochs": 5},
     "pad_ft": {"epochs": 20},
     "ft_sam": {"epochs": 10},
     "ibau": {"rounds": 3},
 }
+# IAD's generators at 32 channels cost about four times the width-16 victim per image, and its mask
+# generator's 25 epochs alone would take longer than the victim: the cpu profile runs them at 8
+# channels (about a quarter of the victim per image) and pretrains the mask for 1 epoch.  SSBA's
+# encoder-decoder trains at 16 channels for 2,000 steps (BackdoorBench's 32 for about 15,000).
+CPU_ATTACKS = {"iad": {"channels": 8, "mask_epochs": 1}, "ssba": {"channels": 16, "steps": 2000}}
 SMOKE_DEFENSES = {
     **{name: {"epochs": 2} for name in ("ft", "lp", "fe_tuning", "ft_init", "fst", "d3", "ft_sam", "mmbd")},
     "nft": {"steps": 20},
@@ -67,7 +81,7 @@ SMOKE_DEFENSES = {
     "ibau": {"rounds": 1},
     "nad": {"teacher_epochs": 1, "epochs": 1},
     "fp": {"epochs": 1},
-    "nc": {"reverse_epochs": 2, "epochs": 1},
+    "nc": {"reverse_epochs": 1, "epochs": 1},
     "sau": {"epochs": 1},
     "rnp": {"unlearn_epochs": 2, "recover_epochs": 2},
 }
@@ -75,10 +89,11 @@ SMOKE_DEFENSES = {
 PROFILES = {
     "smoke": Profile("smoke", width=8, train_size=2000, test_size=500,
                      recipe=Recipe(epochs=5, batch_size=128, lr=0.05, schedule="onecycle", augment=False),
-                     defense_settings=SMOKE_DEFENSES),
+                     defense_settings=SMOKE_DEFENSES, attack_settings={"iad": {"channels": 4, "mask_epochs": 1},
+                                                                      "ssba": {"channels": 4, "steps": 20}}),
     "cpu": Profile("cpu", width=16, train_size=None, test_size=None,
                    recipe=Recipe(epochs=13, batch_size=128, lr=0.1, schedule="onecycle"), defense_settings=CPU_DEFENSES,
-                   progress_eval_size=2000),
+                   progress_eval_size=2000, attack_settings=CPU_ATTACKS),
     "paper": Profile("paper", width=64, train_size=None, test_size=None, recipe=Recipe()),
 }
 

@@ -117,7 +117,7 @@ def get_victim(attack: str | None = "badnets", poison_rate: float = 0.1, profile
     device = pick_device(device)
     precision = resolve_precision(device, precision)
     dataset, splits = _profile_splits(profile, split_seed, data_root)
-    attack_obj = _checked_attack(attack, attack_params, poison_rate, splits)
+    attack_obj = _checked_attack(attack, {**(profile.attack_params(attack) if attack else {}), **(attack_params or {})}, poison_rate, splits)
     model = make_model(profile.model, dataset.num_classes, profile.width, profile.dataset)
 
     if adversarial_eps and attack is not None:
@@ -181,7 +181,7 @@ def check_requests(requests, profile: str | Profile | None = None, *, split_seed
     _, splits = _profile_splits(profile, split_seed, data_root)
     make_model(profile.model, splits.num_classes, profile.width, profile.dataset)
     for attack, rate in requests:
-        _checked_attack(attack, None, rate, splits)
+        _checked_attack(attack, profile.attack_params(attack) if attack else None, rate, splits)
     return profile
 
 

@@ -197,4 +197,95 @@ def test_unknown_attack_and_missing_trigger_fail():
 
 
 def test_every_attack_is_registered():
-    assert set(STATIC) | {"lc"} == set(ATTACKS)
+    assert set(STATIC) | {"lc", "adaptive_blend", "trojannn", "iad", "ssba"} == set(ATTACKS)
+
+
+def test_adaptive_blend_poisons_and_covers_with_half_the_pieces_at_train_opacity(images):
+    attack = make_attack("adaptive_blend")
+    result = attack.poison(images, 0.1, seed=0)
+    changed = torch.nonzero((result.data.images != images.images).flatten(1).any(1)).squeeze(1)
+    covers = changed[~torch.isin(changed, result.poisoned)]
+    assert len(result.poisoned) == 20 and len(covers) == 20  # cover_ratio 1: as many covers as poisons
+    assert (result.data.labels[result.poisoned] == 0).all()
+    assert torch.equal(result.data.labels[covers], images.labels[covers])  # covers keep their labels
+    blend = ((1 - 0.15) * images.images.float() + 0.15 * attack.pattern.float()).round()
+    for index in changed.tolist():
+        # on each 8x8 piece the image is either untouched or the 0.15 blend; 8 of the 16 pieces carry the trigger
+        pieces = 0
+        for row in range(0, 32, 8):
+            for col in range(0, 32, 8):
+                piece = result.data.images[index, :, row : row + 8, col : col + 8].float()
+                if torch.equal(piece, blend[index, :, row : row + 8, col : col + 8]) and not torch.equal(piece, images.images[index, :, row : row + 8, col : col + 8].float()):
+                    pieces += 1
+                else:
+                    assert torch.equal(piece, images.images[index, :, row : row + 8, col : col + 8].float())
+        assert pieces == 8
+    # the test trigger is the whole image at the higher opacity 0.2, unlike any training poison
+    expected = (0.8 * images.images.float() + 0.2 * attack.pattern.float()).round()
+    assert torch.equal(attack.apply(images.images).float(), expected)
+
+
+def test_trojannn_optimises_a_bounded_trigger_inside_its_mask():
+    attack = make_attack("trojannn", steps=30)
+    with pytest.raises(PurifyError, match="clean model"):
+        attack.prepare(None, "cpu")
+    torch.manual_seed(0)
+    model = make_model("preactresnet18", 10, 4).eval()
+    attack.clean_model = model
+    attack.prepare(None, "cpu")
+    assert not attack.trigger[:, ~attack.mask[0]].any()  # nothing outside the mask
+    assert int(attack.trigger.max()) <= round(attack.eps * 255)
+    neurons = attack.neurons
+    assert torch.equal(neurons, model.head.weight.abs().sum(0).topk(2).indices)  # the most connected features
+    with torch.no_grad():
+        cost = lambda x: ((model.features(x)[:, neurons] - 100) ** 2).sum().item()
+        assert cost(attack.trigger[None].float() / 255) < cost(torch.zeros(1, 3, 32, 32))
+    full = torch.full((1, 3, 32, 32), 250, dtype=torch.uint8)
+    assert (attack.apply(full)[0][:, attack.mask[0]] >= 250).all()  # added, saturating at 255
+    clone = make_attack("trojannn")
+    clone.load_state_dict(attack.state_dict())
+    assert torch.equal(clone.apply(full), attack.apply(full))
+
+
+def test_iad_triggers_depend_on_the_input_and_cross_samples_keep_labels(images):
+    attack = make_attack("iad", channels=4, mask_epochs=1, batch_size=50)
+    with pytest.raises(PurifyError, match="prepare"):
+        attack.poison_batch(images.images[:10].float() / 255, images.labels[:10], 0.1)
+    attack.prepare(images, "cpu")
+    x, y = images.images[:100].float() / 255, images.labels[:100]
+    before = [p.detach().clone() for p in attack.generator.parameters()]
+    out, labels = attack.poison_batch(x, y, 0.2)
+    assert out.shape == x.shape
+    assert (labels[:20] == 0).all() and torch.equal(labels[20:], y[20:])  # 20 poisons, then cross and clean keep labels
+    assert torch.equal(out[40:], x[40:])  # 20 cross-trigger samples, then the rest untouched
+    out.sum().backward()
+    attack.after_step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, attack.generator.parameters()))  # G learns with the classifier
+    triggered = attack.apply(images.images[:2])
+    residual = triggered.float() - images.images[:2].float()
+    assert not torch.equal(residual[0], residual[1])
+    # the same image stamped with the other image's trigger differs from its own: the trigger is input-specific
+    with torch.no_grad():
+        own = attack.stamp(x[:1])
+        other = attack.stamp(x[:1], x[1:2])
+    assert not torch.allclose(own, other)
+    clone = make_attack("iad", channels=4, mask_epochs=1)
+    clone.load_state_dict(attack.state_dict())
+    assert torch.equal(clone.apply(images.images[:5]), attack.apply(images.images[:5]))
+
+
+def test_ssba_is_sample_specific_and_within_its_invisibility_bound(images):
+    attack = make_attack("ssba", channels=4, steps=5, max_residual=0.05)
+    with pytest.raises(PurifyError, match="no trained encoder"):
+        attack.apply(images.images[:2])
+    state = attack.build_asset(images, "cpu")
+    out = attack.apply(images.images)
+    change = out.int() - images.images.int()
+    assert change.abs().max() <= round(0.05 * 255) + 1  # x + 0.05 tanh(r), rounded to uint8
+    assert not torch.equal(change[0], change[1])  # each image gets its own residual
+    assert set(attack.asset_report()) == {"bit_accuracy", "psnr_db", "max_pixel_change"}
+    result = attack.poison(images, 0.1, seed=0)
+    assert len(result.poisoned) == 20 and (result.data.labels[result.poisoned] == 0).all()
+    clone = make_attack("ssba", channels=4, steps=5, max_residual=0.05)
+    clone.load_asset(state)
+    assert torch.equal(clone.apply(images.images[:5]), out[:5])

@@ -140,6 +140,71 @@ def test_nft_leaves_weights_untouched_and_masks_in_bounds(small):
             assert torch.equal(after[name], tensor), name
 
 
+def test_fp_prunes_head_columns_of_the_least_active_features_and_keeps_them_pruned(small):
+    model, data = small
+    result = purify("fp", model, data, epochs=2, acc_ratio=1.0, prune_step=0.1, batch_size=16, lr=0.05)
+    pruned = result.extra["pruned"]
+    assert 0 < pruned < result.extra["channels"]  # acc_ratio 1 lets accuracy fall all the way: every step but the last is kept
+    zero_columns = (result.model.head.weight == 0).all(0)
+    assert int(zero_columns.sum()) == pruned
+    with torch.no_grad():
+        activity = torch.cat([model.eval().features(data.images.float() / 255)]).mean(0)
+    assert set(torch.nonzero(zero_columns).squeeze(1).tolist()) == set(activity.argsort()[:pruned].tolist())
+
+
+def test_nc_anomaly_index_flags_only_a_small_outlier():
+    from purify_lib.defenses.nc import anomaly
+
+    index, flagged = anomaly([100.0, 104.0, 96.0, 101.0, 99.0, 98.0, 102.0, 97.0, 103.0, 20.0])
+    assert flagged == [9] and index[9] > 2
+    assert anomaly([100.0, 104.0, 96.0, 101.0, 99.0, 98.0, 102.0, 97.0, 103.0, 100.0])[1] == []
+    assert anomaly([100.0, 104.0, 96.0, 101.0, 99.0, 98.0, 102.0, 97.0, 103.0, 300.0])[1] == []  # large norms are not triggers
+
+
+def test_nc_returns_the_victim_unchanged_when_nothing_is_flagged(small, monkeypatch):
+    import importlib
+
+    nc_module = importlib.import_module("purify_lib.defenses.nc")  # the package's ``nc`` is the function
+    model, data = small
+    monkeypatch.setattr(nc_module, "anomaly", lambda norms: ([0.0] * len(norms), []))
+    result = purify("nc", model, data, reverse_epochs=1, epochs=1)
+    assert result.extra["flagged"] == [] and len(result.extra["mask_l1"]) == 10
+    for a, b in zip(model.state_dict().values(), result.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_sau_perturbation_stays_in_its_ball_and_batchnorm_statistics_stay_the_victim_s(small):
+    from purify_lib.defenses.sau import shared_perturbation
+
+    model, data = small
+    model.eval()
+    x, y = data.images[:16].float() / 255, data.labels[:16]
+    delta = shared_perturbation(model, copy.deepcopy(model), x, y, 0.2, 5, 0.2, 0.01, 1.0)
+    assert delta.abs().max() <= 0.2 + 1e-6
+    result = purify("sau", model, data, epochs=2, batch_size=16, lr=1e-3)
+    norm_before = [m.running_mean for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    norm_after = [m.running_mean for m in result.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(torch.equal(a, b) for a, b in zip(norm_before, norm_after))  # tuned in eval mode, as SAU's code does
+    assert not torch.equal(result.model.head.weight, model.head.weight)
+
+
+def test_rnp_only_zeroes_batchnorm_weights_of_the_victim(small):
+    model, data = small
+    result = purify("rnp", model, data, unlearn_epochs=2, recover_epochs=2, batch_size=16, threshold=0.99)
+    masks = result.extra["masks"]
+    assert all(((m >= 0) & (m <= 1)).all() for m in masks)
+    assert result.extra["pruned"] == sum(int((m <= 0.99).sum()) for m in masks) > 0
+    norms = [name for name, module in model.named_modules() if isinstance(module, torch.nn.BatchNorm2d)]
+    before, after = model.state_dict(), result.model.state_dict()
+    for name, tensor in before.items():
+        owner, leaf = name.rsplit(".", 1)
+        if owner in norms and leaf == "weight":
+            cut = masks[norms.index(owner)] <= 0.99
+            assert (after[name][cut] == 0).all() and torch.equal(after[name][~cut], tensor[~cut]), name
+        else:
+            assert torch.equal(after[name], tensor), name
+
+
 def test_nft_bound_functions():
     assert lower_bound("exp", 1, 17) > lower_bound("exp", 5, 17) > 0
     assert lower_bound("none", 3, 17) == 0
@@ -300,6 +365,10 @@ FAST = {
     "ibau": dict(rounds=2),
     "nad": dict(teacher_epochs=3, epochs=3, lr=0.05),
     "mmbd": dict(epochs=20),
+    "fp": dict(epochs=5, lr=0.05),
+    "nc": dict(reverse_epochs=5, epochs=5),
+    "sau": dict(epochs=5),
+    "rnp": dict(),
 }
 
 

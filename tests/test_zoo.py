@@ -152,3 +152,45 @@ def test_each_precision_is_its_own_victim_and_defense_entry(isolated_cache, monk
     # The same victim defended in bf16 is a new defense entry, not the fp32 one served again.
     monkeypatch.setenv("PURIFY_PRECISION", "bf16")
     assert not defend(fp32, "lp", epochs=1, evaluate=False).cache_hit
+
+
+def test_defense_cache_digest_covers_each_defense_s_own_code():
+    from purify_lib.defend import code_digest, code_files
+
+    names = lambda defense: {path.name for path in code_files(defense)}
+    assert {"defend.py", "train.py", "models.py", "base.py", "finetune.py"} <= names("fst")
+    assert "nft.py" not in names("fst") and "fp.py" not in names("fst")  # adding FP left FST's entries valid
+    assert {"rnp.py", "nft.py", "base.py"} <= names("rnp")  # RNP borrows NFT's channel mask, so NFT's edits redo RNP
+    assert code_digest("ft") == code_digest("fst") and code_digest("ft") != code_digest("nft")
+
+
+def test_learned_attack_state_is_stored_beside_the_victim_and_checked(isolated_cache):
+    first = get_victim("iad", 0.1, recipe=tiny_recipe(), **TINY)
+    state = next(isolated_cache.glob("iad-*.attack.pt"))
+    assert "attack_sha256" in first.record and first.attack.params()["channels"] == 4  # the smoke profile's IAD
+    probe = first.splits.test.images[:4]
+    again = get_victim("iad", 0.1, recipe=tiny_recipe(), **TINY)
+    assert again.cache_hit and torch.equal(again.attack.apply(probe), first.attack.apply(probe))
+    state.write_bytes(state.read_bytes()[:-10] + bytes(10))
+    with pytest.warns(UserWarning, match="unusable.*rebuilding"):
+        assert not get_victim("iad", 0.1, recipe=tiny_recipe(), **TINY).cache_hit
+
+
+def test_ssba_encoder_is_one_zoo_asset_for_every_rate(isolated_cache):
+    high = get_victim("ssba", 0.1, recipe=tiny_recipe(), **TINY)
+    low = get_victim("ssba", 0.2, recipe=tiny_recipe(), **TINY)
+    assets = list(isolated_cache.glob("asset-ssba-*.json"))
+    assert len(assets) == 1 and not low.cache_hit
+    record = json.loads(assets[0].read_text())
+    assert set(record["extra"]) == {"bit_accuracy", "psnr_db", "max_pixel_change"} and record["config"]["asset"]["steps"] == 20
+    probe = high.splits.test.images[:4]
+    assert torch.equal(high.attack.apply(probe), low.attack.apply(probe))  # one encoder, one secret
+    assert sum("asset-ssba" in line for line in (isolated_cache / "trained.log").read_text().splitlines()) == 1
+
+
+def test_trojannn_trigger_comes_from_the_zoo_clean_model_and_is_stored(isolated_cache):
+    victim = get_victim("trojannn", 0.1, recipe=tiny_recipe(), attack_params={"steps": 5}, **TINY)
+    assert len(list(isolated_cache.glob("clean-preactresnet18-*.json"))) == 1
+    again = get_victim("trojannn", 0.1, recipe=tiny_recipe(), attack_params={"steps": 5}, **TINY)
+    assert again.cache_hit and again.attack.clean_model is None  # the trigger came back with the victim
+    assert torch.equal(again.attack.trigger, victim.attack.trigger) and again.attack.trigger.any()

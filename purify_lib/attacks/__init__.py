@@ -6,13 +6,15 @@ from .adaptive_blend import AdaptiveBlend
 from .badnets import BadNets
 from .base import Attack, Poisoned
 from .blended import Blended
+from .iad import IAD
 from .lc import LC
 from .lf import LF
 from .sig import SIG
+from .ssba import SSBA
 from .trojannn import TrojanNN
 from .wanet import WaNet
 
-ATTACKS = {cls.name: cls for cls in (BadNets, Blended, SIG, LF, WaNet, LC, AdaptiveBlend, TrojanNN)}
+ATTACKS = {cls.name: cls for cls in (BadNets, Blended, SIG, LF, WaNet, LC, AdaptiveBlend, TrojanNN, IAD, SSBA)}
 
 
 def make_attack(name: str, **params) -> Attack:
