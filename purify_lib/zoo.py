@@ -241,6 +241,9 @@ def _build(model, attack, poison_rate, splits, profile, config, device, progress
     train_model(model, train_set, profile.recipe, attack, poison_rate, progress=progress, precision=config["precision"],
                 adversarial_eps=config.get("adversarial_eps", 0.0))
     seconds = time.perf_counter() - started
+    broken = [name for name, tensor in model.state_dict().items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if broken:  # stored, it would be served as a victim with 10% ACC and NaN losses
+        raise PurifyError(f"training diverged: {len(broken)} tensors of the model are not finite (first {broken[0]}); nothing was stored")
     metrics = evaluate(model, splits.test, attack, precision=config["precision"])
     record = {
         "config": config,

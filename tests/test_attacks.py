@@ -289,3 +289,12 @@ def test_ssba_is_sample_specific_and_within_its_invisibility_bound(images):
     clone = make_attack("ssba", channels=4, steps=5, max_residual=0.05)
     clone.load_asset(state)
     assert torch.equal(clone.apply(images.images[:5]), out[:5])
+
+
+def test_iad_diversity_gradient_stays_finite_when_two_outputs_coincide():
+    from purify_lib.attacks.iad import diversity
+
+    x1, x2 = torch.rand(4, 3, 8, 8), torch.rand(4, 3, 8, 8)
+    out = torch.zeros(4, 1, 8, 8, requires_grad=True)  # two saturated masks: exactly equal
+    diversity(x1, x2, out, out.clone()).backward()
+    assert torch.isfinite(out.grad).all()

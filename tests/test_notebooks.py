@@ -3,6 +3,7 @@
 The notebooks share one zoo for the session, as they do for a user: the papermill pass trains each
 victim and runs each defense once; the nbval pass then finds them cached.
 """
+import importlib
 import json
 import os
 import re
@@ -106,7 +107,7 @@ def test_a_missing_output_or_stamp_means_rerun(smoke_env):
     assert not runner.up_to_date(stamp, digest, name, "smoke")
 
 
-def test_plan_lists_recorded_needs_against_the_zoo_and_runs_nothing(smoke_env):
+def test_plan_lists_recorded_needs_against_the_zoo_and_runs_nothing(smoke_env, monkeypatch):
     name = "02_feature_shift"
     record = runner.needs_record(name, "smoke")
     if record is None:
@@ -130,6 +131,14 @@ def test_plan_lists_recorded_needs_against_the_zoo_and_runs_nothing(smoke_env):
         assert "recorded with other values of seed" in runner.plan([(name, {})], "smoke", {"seed": 1}, force=True)
     finally:
         entry.write_bytes(saved)
+    # One defense's code edited: its runs are redone, the other defenses' stay cached.
+    defend_module = importlib.import_module("purify_lib.defend")
+    real = defend_module.code_digest
+    monkeypatch.setattr(defend_module, "code_digest", lambda method: "edited" if method == defense["defense"] else real(method))
+    lines = runner.plan([(name, {})], "smoke", {}, force=True).splitlines()
+    assert f"the code of {defense['defense']} changed since" in lines[1]
+    redone = [line for line in lines if "to run, about" in line]
+    assert redone and all(line.strip().startswith(f"defense {defense['defense']} ") for line in redone)
 
 
 def test_breakdown_splits_wall_time_by_what_was_computed():

@@ -60,7 +60,9 @@ class Generator(nn.Module):
 
 
 def _rms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (a - b).pow(2).flatten(1).mean(1).sqrt()
+    # The 1e-12 keeps the gradient finite where two outputs are identical (saturated masks, say):
+    # sqrt's derivative at 0 is infinite, and times the zero difference it makes NaN weights.
+    return (a - b).pow(2).flatten(1).mean(1).add(1e-12).sqrt()
 
 
 def diversity(x1, x2, out1, out2) -> torch.Tensor:
