@@ -31,6 +31,18 @@ from .base import Defended, batch_norms, frozen_except, timed, tune
 from .nft import ChannelMask
 
 
+def prune_by_masks(model, masks, threshold: float):
+    """A copy of ``model`` with every BatchNorm channel whose mask is at or below ``threshold`` pruned
+    (its weight zeroed), and how many were; ``masks`` as RNP's ``extra["masks"]`` holds them."""
+    pruned_model, pruned = copy.deepcopy(model), 0
+    with torch.no_grad():
+        for norm, mask in zip(batch_norms(pruned_model), masks):
+            cut = torch.as_tensor(mask, device=norm.weight.device) <= threshold
+            norm.weight[cut] = 0.0
+            pruned += int(cut.sum())
+    return pruned_model, pruned
+
+
 class _Unlearned(Exception):
     """Raised after the unlearning epoch that reached the clean-accuracy threshold."""
 
@@ -75,12 +87,7 @@ def rnp(model, data, evaluator=None, *, clean_threshold=0.2, unlearn_lr=0.01, un
         tune(unlearned, data, masks, epochs=recover_epochs, lr=recover_lr, batch_size=batch_size, schedule="constant",
              loss_fn=lambda net, x, y: alpha * F.cross_entropy(net(x), y), after_step=lambda net: [m.clamp_(0, 1) for m in masks],
              seed=seed, progress=progress, desc="rnp recover")
-        pruned_model, pruned = copy.deepcopy(original), 0
-        with torch.no_grad():
-            for norm, mask in zip(batch_norms(pruned_model), masks):
-                cut = mask <= threshold
-                norm.weight[cut] = 0.0
-                pruned += int(cut.sum())
+        pruned_model, pruned = prune_by_masks(original, [m.detach() for m in masks], threshold)
         return pruned_model, {"unlearn_epochs": epochs_run, "pruned": pruned, "channels": sum(len(m) for m in masks),
                               "masks": [m.detach().cpu().clone() for m in masks]}
 
