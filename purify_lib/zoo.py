@@ -122,6 +122,8 @@ def get_victim(attack: str | None = "badnets", poison_rate: float = 0.1, profile
 
     if adversarial_eps and attack is not None:
         raise PurifyError(f"adversarial_eps={adversarial_eps} is for clean models only (attack=None), not {attack!r}")
+    if not 0 <= adversarial_eps <= 1:
+        raise PurifyError(f"adversarial_eps={adversarial_eps} is outside [0, 1] (an L-infinity radius on pixels in [0, 1]; 0: no adversarial training)")
     config = victim_config(profile, attack_obj, poison_rate, dataset.source, split_seed, precision, adversarial_eps)
     key = config_key(config)
     clean = "clean-adv" if adversarial_eps else "clean"

@@ -74,6 +74,9 @@ def test_low_asr_victim_is_flagged(isolated_cache, monkeypatch):
     (dict(attack="sig", poison_rate=0.5), "asks for 150 poisons but the target class holds"),
     (dict(attack="blended", attack_params={"trigger_path": "/no/kitty.jpeg"}), "trigger file '/no/kitty.jpeg' does not exist"),
     (dict(attack="badnets", data_root="/no/data"), "dataset root '/no/data' does not exist"),
+    (dict(attack=None, adversarial_eps=-0.1), r"adversarial_eps=-0.1 is outside \[0, 1\]"),
+    (dict(attack="iad", attack_params={"channels": 0}), "iad needs .*channels >= 1"),
+    (dict(attack="ssba", attack_params={"max_residual": 2.0}), "ssba needs .*max_residual in \\(0, 1\\]"),
 ])
 def test_bad_input_fails_before_training_and_writes_nothing(isolated_cache, kwargs, message):
     args = {**TINY, "poison_rate": 0.1, **kwargs}
