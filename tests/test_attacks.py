@@ -188,7 +188,7 @@ def test_triggered_test_set_excludes_target(images):
 
 
 def test_unknown_attack_and_missing_trigger_fail():
-    with pytest.raises(PurifyError, match="unknown attack 'nope'; allowed: badnets, blended"):
+    with pytest.raises(PurifyError, match="unknown attack 'nope'; allowed: adaptive_blend, badnets, blended"):
         make_attack("nope")
     with pytest.raises(PurifyError, match="does not exist"):
         make_attack("blended", trigger_path="/no/such/file.png")
