@@ -15,7 +15,7 @@ def run(script, *args, cwd):
 @pytest.mark.parametrize("script, args, message", [
     ("train_victims.py", ["--profile", "huge"], "error: unknown profile 'huge'; allowed: cpu, paper, smoke"),
     ("train_victims.py", ["badnets:ten"], "error: victim 'badnets:ten' must be ATTACK:RATE, e.g. badnets:0.1"),
-    ("train_victims.py", ["--profile", "smoke", "nope:0.1"], "error: unknown attack 'nope'; allowed: badnets, blended, lc, lf, sig, wanet"),
+    ("train_victims.py", ["--profile", "smoke", "nope:0.1"], "error: unknown attack 'nope'; allowed: adaptive_blend, badnets, blended, iad, lc, lf, sig, ssba, trojannn, wanet"),
     ("train_victims.py", ["--profile", "smoke", "badnets:0.1", "badnets:2"], r"error: poison_rate=2.0 is outside (0, 1]"),
     ("run_defenses.py", ["--profile", "smoke", "--defenses", "magic"], "error: unknown defense 'magic'; allowed: anp, d3"),
 ])
