@@ -27,7 +27,7 @@
 # in NFT), SSBA (its encoder trained here, once, and cached in the zoo), TrojanNN ("Troj-one" in NFT) and
 # Adaptive-Blend (FST; in the `paper` rows only: the cpu recipe does not learn it, see the parameters cell). The columns are the four papers' methods and the baselines they compare against,
 # FP, NC, SAU and RNP among them. NC also *detects*: it flags the classes whose reversed trigger is
-# abnormally small, and the last section sets its verdict beside the true target.
+# abnormally small, and a section below sets its verdict beside the true target.
 #
 # ![ASR and ACC after each defense, this run](../figures/main_table_heatmap.png)
 
