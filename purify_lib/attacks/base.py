@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import PROJECT_ROOT, ImageSet
+from ..data import PROJECT_ROOT, ImageSet, to_float
 from ..errors import PurifyError
 
 TRIGGER_ENV = "PURIFY_TRIGGERS"
@@ -135,6 +135,15 @@ class Attack:
     def asset_report(self) -> dict:
         """What building the asset measured (losses, bit accuracy), for its zoo record."""
         return {}
+
+
+@torch.no_grad()
+def map_in_batches(fn, images: torch.Tensor, device, batch_size: int = 500) -> torch.Tensor:
+    """uint8 images through ``fn`` (float images in [0, 1] on ``device`` to the same), in batches; uint8 back
+    where the images were.  The learned triggers (IAD's generators, SSBA's encoder) are applied this way."""
+    out = [(fn(to_float(images[start : start + batch_size].to(device))) * 255).round().clamp(0, 255).to(torch.uint8).to(images.device)
+           for start in range(0, len(images), batch_size)]
+    return torch.cat(out) if out else images.clone()
 
 
 def find_trigger(filename: str, explicit: str | os.PathLike | None) -> Path | None:

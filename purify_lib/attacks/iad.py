@@ -29,7 +29,7 @@ import torch.nn as nn
 
 from ..data import ImageSet, to_float
 from ..errors import PurifyError
-from .base import Attack
+from .base import Attack, map_in_batches
 
 
 def _conv(cin: int, cout: int, relu: bool = True) -> list[nn.Module]:
@@ -85,6 +85,8 @@ class IAD(Attack):
         with torch.random.fork_rng(devices=[]):  # seeded initial weights, without touching the caller's random state
             torch.manual_seed(seed)
             self.generator, self.mask_generator = Generator(3, channels), Generator(1, channels)
+        # one module for the learned state: its state dict names them "generator." and "mask."
+        self.nets = nn.ModuleDict({"generator": self.generator, "mask": self.mask_generator})
         self.optimizer = None
 
     def params(self) -> dict:
@@ -147,21 +149,13 @@ class IAD(Attack):
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    @torch.no_grad()
     def apply(self, images: torch.Tensor) -> torch.Tensor:
-        device = next(self.generator.parameters()).device
-        self.generator.eval()
-        self.mask_generator.eval()
-        out = [(self.stamp(to_float(images[i : i + 500].to(device))) * 255).round().clamp(0, 255).to(torch.uint8).to(images.device)
-               for i in range(0, len(images), 500)]
-        return torch.cat(out) if out else images.clone()
+        self.nets.eval()
+        return map_in_batches(self.stamp, images, next(self.nets.parameters()).device)
 
     def state_dict(self) -> dict:
-        return {**{f"generator.{k}": v for k, v in self.generator.state_dict().items()},
-                **{f"mask.{k}": v for k, v in self.mask_generator.state_dict().items()}}
+        return self.nets.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.generator.load_state_dict({k[len("generator."):]: v for k, v in state.items() if k.startswith("generator.")})
-        self.mask_generator.load_state_dict({k[len("mask."):]: v for k, v in state.items() if k.startswith("mask.")})
-        self.generator.eval()
-        self.mask_generator.eval()
+        self.nets.load_state_dict(state)
+        self.nets.eval()

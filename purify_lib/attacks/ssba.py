@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..data import ImageSet, to_float
 from ..errors import PurifyError
-from .base import Attack
+from .base import Attack, map_in_batches
 
 
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -81,6 +81,7 @@ class SSBA(Attack):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.encoder, self.decoder = Encoder(bits, channels), Decoder(bits, channels)
+        self.nets = nn.ModuleDict({"encoder": self.encoder, "decoder": self.decoder})  # the asset: "encoder." and "decoder." weights
         self.ready, self.report = False, {}
 
     def params(self) -> dict:
@@ -98,9 +99,8 @@ class SSBA(Attack):
         """Train the encoder and decoder on ``train``'s images with random secrets; return their weights."""
         from tqdm.auto import tqdm
 
-        self.encoder.to(device).train()
-        self.decoder.to(device).train()
-        optimizer = torch.optim.Adam([*self.encoder.parameters(), *self.decoder.parameters()], lr=self.lr)
+        self.nets.to(device).train()
+        optimizer = torch.optim.Adam(self.nets.parameters(), lr=self.lr)
         generator = torch.Generator().manual_seed(self.seed)
         ramp_start = None
         for step in tqdm(range(self.steps), disable=not progress, desc="ssba encoder", leave=False):
@@ -120,12 +120,10 @@ class SSBA(Attack):
             optimizer.step()
         self.ready = True
         self.report = self.measure(train.images[-500:])
-        return {**{f"encoder.{k}": v for k, v in self.encoder.state_dict().items()},
-                **{f"decoder.{k}": v for k, v in self.decoder.state_dict().items()}}
+        return self.nets.state_dict()
 
     def load_asset(self, state: dict) -> None:
-        self.encoder.load_state_dict({k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")})
-        self.decoder.load_state_dict({k[len("decoder."):]: v for k, v in state.items() if k.startswith("decoder.")})
+        self.nets.load_state_dict(state)
         self.ready = True
 
     def asset_report(self) -> dict:
@@ -143,14 +141,9 @@ class SSBA(Attack):
                 "psnr_db": round(10 * torch.log10(torch.tensor(255.0**2 / max(mse, 1e-12))).item(), 2),
                 "max_pixel_change": int((encoded.int() - images.int()).abs().max())}
 
-    @torch.no_grad()
     def apply(self, images: torch.Tensor) -> torch.Tensor:
         if not self.ready:
             raise PurifyError("ssba has no trained encoder yet: the victim zoo trains it once and caches it (attack.build_asset)")
         device = next(self.encoder.parameters()).device
         self.encoder.eval()
-        out = []
-        for start in range(0, len(images), 500):
-            x = to_float(images[start : start + 500].to(device))
-            out.append((self.encode(x, self.secret.to(device).expand(len(x), -1)) * 255).round().to(torch.uint8).to(images.device))
-        return torch.cat(out) if out else images.clone()
+        return map_in_batches(lambda x: self.encode(x, self.secret.to(device).expand(len(x), -1)), images, device)
