@@ -41,6 +41,7 @@ import pandas as pd
 import seaborn as sns
 
 from purify_lib.cli import parse_specs
+from purify_lib.plots import mark_not_learned
 from purify_lib.run import Run
 
 DEFAULTS = {
@@ -81,10 +82,11 @@ for col, attack in enumerate(s["attacks"]):
         ax = axes[row, col]
         sns.lineplot(data=poison_label[poison_label["attack"] == attack], x="rate", y=metric, hue="method", style="method",
                      markers=True, dashes=False, ax=ax, legend=(row == 0 and col == len(s["attacks"]) - 1))
+        mark_not_learned(ax, poison_label[poison_label["attack"] == attack], "rate", metric)
         ax.set(xscale="log", xlabel="poisoning rate", ylabel=metric.upper() + " (%)", title=f"{attack}: {metric.upper()}")
 if axes[0, -1].get_legend():
     sns.move_legend(axes[0, -1], "upper left", bbox_to_anchor=(1.02, 1))
-fig.suptitle(f"FT and LP against the poisoning rate (profile {run.profile.name})")
+fig.suptitle(f"FT and LP against the poisoning rate (profile {run.profile.name}; hollow rings: backdoor not learned)")
 run.figure(fig, "fst_fig2_rate_sweep")
 
 # %% [markdown]

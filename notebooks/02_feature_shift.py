@@ -42,6 +42,7 @@ import seaborn as sns
 
 from purify_lib import analysis
 from purify_lib.cli import parse_specs
+from purify_lib.plots import victim_label
 from purify_lib.run import Run
 
 ALL = ["ft", "lp", "fe_tuning", "ft_init", "fst", "nft", "d3"]
@@ -75,7 +76,7 @@ for attack, rate in parse_specs(s["victims"]):
         rows.append(row)
         points = analysis.tsne(np.concatenate(list(features.values())), seed)
         labels = np.repeat(list(features), [len(f) for f in features.values()])
-        embeddings.append(pd.DataFrame({"x": points[:, 0], "y": points[:, 1], "group": labels, "model": name, "victim": f"{attack} {rate:g}"}))
+        embeddings.append(pd.DataFrame({"x": points[:, 0], "y": points[:, 1], "group": labels, "model": name, "victim": victim_label(victim)}))
 scores = pd.DataFrame(rows)[["attack", "rate", "backdoored", "model", "acc", "asr", "separation"]]
 run.table(scores, "feature_shift_separation",
           "Silhouette score of triggered against clean target-class penultimate features (0 = entangled), with ACC/ASR in %.")

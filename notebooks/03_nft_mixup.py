@@ -22,7 +22,9 @@
 # which a defender cannot compute because the trigger is unknown. If the bound holds, driving the MixUp
 # loss down drives the ideal loss down. We track both losses through NFT on real victims, and run the
 # paper's ablations: the size of the clean set (down to one image per class), no regulariser, no MixUp,
-# no layer bound, and other bound schedules.
+# no layer bound, and other bound schedules. The claims are checked on NFT's own attacks (its trigger
+# files and poisoning, `src/data/badnets_blend.py`), with BackdoorBench's beside them, and an oracle's
+# data tells whether BatchNorm masks can remove these backdoors at all.
 #
 # *What we could not check:* the theorem's exact assumptions were not available to us offline; we test its
 # conclusion (MixUp loss ≥ ideal loss along the run) on measured numbers, not its premises.
@@ -34,6 +36,7 @@ profile = ""  # smoke, cpu or paper; "" means $PURIFY_PROFILE, else cpu without 
 device = "auto"
 seed = 0
 victims = []  # "attack:rate"; empty means this section's default for the profile
+triggers = []  # trigger sets: "nft" (NFT's own) and/or "backdoorbench"; the first runs the bound and the ablations
 per_class_sizes = []  # clean images per class for the size ablation (NFT's default is 1% of the training set)
 
 # %%
@@ -43,39 +46,56 @@ import seaborn as sns
 import torch
 
 from purify_lib.cli import parse_specs
+from purify_lib.errors import choose
+from purify_lib.plots import victim_label
 from purify_lib.run import Run
 
+# NFT's own attacks (its src/data/badnets_blend.py): a grey-level 3x3 corner pattern blended at 0.6, and a
+# uniform-noise image blended at 0.2, poisons drawn from the other classes. Other attacks have one trigger set.
+TRIGGER_SETS = {"nft": {"badnets": {"variant": "nft", "pool": "non_target"}, "blended": {"variant": "nft", "pool": "non_target"}},
+                "backdoorbench": {}}
 DEFAULTS = {
-    "smoke": dict(victims=["blended:0.1"], per_class_sizes=[1]),
-    "cpu": dict(victims=["badnets:0.1", "blended:0.1"], per_class_sizes=[1]),
-    "paper": dict(victims=["badnets:0.1", "blended:0.1", "wanet:0.1"], per_class_sizes=[1, 10]),
+    "smoke": dict(victims=["blended:0.1"], triggers=["nft", "backdoorbench"], per_class_sizes=[1]),
+    "cpu": dict(victims=["badnets:0.1", "blended:0.1"], triggers=["nft", "backdoorbench"], per_class_sizes=[1]),
+    "paper": dict(victims=["badnets:0.1", "blended:0.1", "wanet:0.1"], triggers=["nft", "backdoorbench"], per_class_sizes=[1, 10]),
 }
 run = Run("03_nft_mixup", profile, device, seed)
-s = run.settings(DEFAULTS, victims=victims, per_class_sizes=per_class_sizes)
+s = run.settings(DEFAULTS, victims=victims, triggers=triggers, per_class_sizes=per_class_sizes)
+for name in s["triggers"]:
+    choose("trigger set", name, TRIGGER_SETS)
+victims_by_set, seen = {}, set()  # trigger set -> {label: victim}
+for name in s["triggers"]:
+    for attack, rate in parse_specs(s["victims"]):
+        params = TRIGGER_SETS[name].get(attack, {})
+        if (attack, rate, str(params)) not in seen:  # an attack with one trigger set appears once, under the first
+            seen.add((attack, rate, str(params)))
+            victim = run.victim(attack, rate, **params)
+            victims_by_set.setdefault(name, {})[victim_label(victim)] = victim
+primary = victims_by_set[s["triggers"][0]]
 
 # %% [markdown]
 # ## The MixUp loss and the ideal purification loss during NFT
 #
-# The MixUp loss is NFT's training objective on the clean defense data (mean over each pass, L1 term
-# included); the ideal loss is measured on triggered test images against their true labels, at the
-# evaluation points of the run (under the `cpu` profile the points along the way use the first 2,000
-# test images, the last point all of them). Without MixUp (plain cross-entropy on the same masks) is drawn beside it.
+# On the first trigger set's victims. The MixUp loss is NFT's training objective on the clean defense data
+# (mean over each pass, L1 term included); the ideal loss is measured on triggered test images against
+# their true labels, at the evaluation points of the run (under the `cpu` profile the points along the
+# way use the first 2,000 test images, the last point all of them). Without MixUp (plain cross-entropy
+# on the same masks) is drawn beside it.
 
 # %%
 curves = []
-for attack, rate in parse_specs(s["victims"]):
-    victim = run.victim(attack, rate)
-    for label, params in (("with MixUp", {}), ("without MixUp", {"mixup": False})):
+for label, victim in primary.items():
+    for run_label, params in (("with MixUp", {}), ("without MixUp", {"mixup": False})):
         result = run.defend(victim, "nft", **params)
         history = pd.DataFrame(result.history)
-        steps_per_pass = -(-round(0.01 * victim.splits.full_train_size) // result.params["batch_size"])
+        steps_per_pass = -(-round(0.01 * victim.splits.defense_base_size) // result.params["batch_size"])
         history["step"] = history["epoch"] * steps_per_pass
         evaluated = history.dropna(subset=["backdoor_loss"])
         trained = history.dropna(subset=["loss"])
-        curves.append(pd.DataFrame({"step": trained["step"], "loss": trained["loss"], "kind": "training loss", "run": label, "victim": f"{attack} {rate:g}"}))
-        curves.append(pd.DataFrame({"step": evaluated["step"], "loss": evaluated["backdoor_loss"], "kind": "ideal loss (triggered, true labels)", "run": label, "victim": f"{attack} {rate:g}",
-                                    "asr": evaluated["asr"]}))
-        curves.append(pd.DataFrame({"step": evaluated["step"], "loss": evaluated["clean_loss"], "kind": "clean test loss", "run": label, "victim": f"{attack} {rate:g}"}))
+        curves.append(pd.DataFrame({"step": trained["step"], "loss": trained["loss"], "kind": "training loss", "run": run_label, "victim": label}))
+        curves.append(pd.DataFrame({"step": evaluated["step"], "loss": evaluated["backdoor_loss"], "kind": "ideal loss (triggered, true labels)",
+                                    "run": run_label, "victim": label, "asr": evaluated["asr"]}))
+        curves.append(pd.DataFrame({"step": evaluated["step"], "loss": evaluated["clean_loss"], "kind": "clean test loss", "run": run_label, "victim": label}))
 curves = pd.concat(curves, ignore_index=True)
 grid = sns.relplot(data=curves, x="step", y="loss", hue="kind", style="kind", col="run", row="victim", kind="line",
                    markers=True, dashes=False, height=2.8, aspect=1.3, facet_kws=dict(sharey=False))
@@ -97,10 +117,9 @@ VARIANTS = {
     "constant mu(l)": {"bound": "constant"},
 }
 rows = []
-for attack, rate in parse_specs(s["victims"]):
-    victim = run.victim(attack, rate)
-    rows.append(run.row(victim, variant="no defense"))
-    rows += [run.row(victim, run.defend(victim, "nft", **params), variant=name) for name, params in VARIANTS.items()]
+for label, victim in primary.items():
+    rows.append(run.row(victim, label=label, variant="no defense"))
+    rows += [run.row(victim, run.defend(victim, "nft", **params), label=label, variant=name) for name, params in VARIANTS.items()]
 ablation = pd.DataFrame(rows)
 run.table(ablation, "nft_table7_ablations", "NFT ablations and mask-bound schedules (NFT Table 7, Fig. 2); ACC/ASR/RA in %.")
 ablation.round(2)
@@ -108,13 +127,35 @@ ablation.round(2)
 # %%
 fig, ax = plt.subplots(figsize=(7, 3.2))
 shown = ablation[ablation["variant"] != "no defense"]
-sns.barplot(data=shown, x="variant", y="der", hue="attack", ax=ax)
+sns.barplot(data=shown, x="variant", y="der", hue="label", ax=ax)
 ax.set(ylabel="DER", xlabel="", ylim=(0.4, 1.0), title="NFT variants: defense effectiveness rating")
 ax.tick_params(axis="x", rotation=30)
 run.figure(fig, "nft_ablations")
 
 # %% [markdown]
+# ## NFT on each trigger set, and with an oracle's data
+#
+# NFT beside the same masks tuned on the defense images *with the trigger stamped* and their true labels
+# kept: the data of the ideal purification loss, which no defender has. If even this oracle cannot
+# remove the backdoor, masks on BatchNorm weights cannot on these victims; if it can, what NFT lacks is
+# the signal, which MixUp of clean images is meant to stand in for.
+
+# %%
+oracle_rows = []
+for name, members in victims_by_set.items():
+    for label, victim in members.items():
+        oracle_rows.append(run.row(victim, triggers=name, label=label, variant="no defense"))
+        oracle_rows.append(run.row(victim, run.defend(victim, "nft"), triggers=name, label=label, variant="NFT"))
+        oracle_rows.append(run.row(victim, run.defend(victim, "nft", triggered_oracle=True), triggers=name, label=label,
+                                   variant="NFT, oracle data (triggered, true labels)"))
+oracle = pd.DataFrame(oracle_rows)
+run.table(oracle, "nft_trigger_sets", "NFT on each trigger set, and on the oracle's data (defense images with the trigger, true labels); ACC/ASR/RA in %.")
+oracle.round(2)
+
+# %% [markdown]
 # ## Do the paper's claims hold here?
+#
+# On the first trigger set's victims (NFT's own attacks by default); the other set's numbers are beside.
 
 # %%
 with_mixup = curves[curves["run"] == "with MixUp"]
@@ -137,40 +178,49 @@ if not run.claims.check("The MixUp loss stays above the ideal purification loss 
                         + ("the bound fails where the backdoor is still active" if len(above) == 0 or below.mean() > above.mean() else
                            "the bound fails whether or not the backdoor is active"))
 nft_rows = ablation[(ablation["variant"] == "NFT") & ablation["backdoored"]]
+beside = oracle[(oracle["triggers"] != s["triggers"][0]) & (oracle["variant"] == "NFT") & oracle["backdoored"]]
+oracle_nft = oracle[oracle["variant"].str.startswith("NFT, oracle") & oracle["backdoored"]]
 if not run.claims.check("NFT removes the backdoor (ASR < 10%) with a small ACC drop (< 5 points)",
                         not nft_rows.empty and (nft_rows["asr"] < 10).all() and all(
-                            run.victims[(r.attack, r.rate)].metrics["acc"] - r.acc < 5 for r in nft_rows.itertuples()),
-                        ", ".join(f"{r.attack}: ASR {r.asr:.1f}%, ACC {r.acc:.1f}%" for r in nft_rows.itertuples())) and not nft_rows.empty:
+                            primary[r.label].metrics["acc"] - r.acc < 5 for r in nft_rows.itertuples()),
+                        ", ".join(f"{r.label}: ASR {r.asr:.1f}%, ACC {r.acc:.1f}%" for r in nft_rows.itertuples())
+                        + "".join(f"; beside, {r.label}: ASR {r.asr:.1f}%, ACC {r.acc:.1f}%" for r in beside.itertuples())) and not nft_rows.empty:
     # Is the step budget the limit?  The same NFT with three times the steps, on the first backdoored victim.
     first = next(nft_rows.itertuples())
-    victim = run.victim(first.attack, first.rate)
+    victim = primary[first.label]
     default = run.defend(victim, "nft")
     longer = run.defend(victim, "nft", steps=3 * default.params["steps"])
     after = longer.history[-1]
     # How far did the masks move from 1 (a mask at 1 leaves its channel as it was)?
     masks = torch.cat([torch.as_tensor(m).flatten() for m in default.extra["masks"]])  # lists when loaded from the cache
-    run.claims.diagnose(f"{'the step budget' if after['asr'] < 10 else 'not the step budget alone'}: on {first.attack} {first.rate:g}, "
+    removed_by_oracle = int((oracle_nft["asr"] < 10).sum())
+    run.claims.diagnose(f"{'the step budget' if after['asr'] < 10 else 'not the step budget alone'}: on {first.label}, "
                         f"{longer.params['steps']} steps give ASR {after['asr']:.1f}%, ACC {after['acc']:.1f}% "
                         f"(against {first.asr:.1f}%, {first.acc:.1f}% at {longer.params['steps'] // 3}); the masks "
                         f"{'hardly move' if (masks < 0.9).float().mean() < 0.05 else 'move'} from 1: "
                         f"mean {masks.mean():.3f}, {int((masks < 0.9).sum())} of {len(masks)} channels below 0.9, "
-                        f"{int((masks < 0.5).sum())} below 0.5")
+                        f"{int((masks < 0.5).sum())} below 0.5. With the oracle's data (triggered images, true labels) the same masks give "
+                        + ", ".join(f"{r.label} ASR {r.asr:.1f}%" for r in oracle_nft.itertuples())
+                        + (": BatchNorm masks can remove these backdoors, so what NFT lacks is the signal, which MixUp of clean images does not supply here"
+                           if removed_by_oracle == len(oracle_nft) else
+                           ": even the oracle removes none, so BatchNorm masks cannot remove these backdoors at this budget" if removed_by_oracle == 0 else
+                           f": the oracle removes {removed_by_oracle} of {len(oracle_nft)}, so masks can remove some of these backdoors and not others"))
 one_shot = ablation[(ablation["variant"] == "1 per class") & ablation["backdoored"]]
 if not run.claims.check("One clean image per class is enough (ASR < 10%)",
                         not one_shot.empty and (one_shot["asr"] < 10).all(),
-                        ", ".join(f"{r.attack}: ASR {r.asr:.1f}%" for r in one_shot.itertuples()) or "not run") and not one_shot.empty:
-    default = nft_rows.set_index("attack")["asr"]
+                        ", ".join(f"{r.label}: ASR {r.asr:.1f}%" for r in one_shot.itertuples()) or "not run") and not one_shot.empty:
+    default = nft_rows.set_index("label")["asr"]
     run.claims.diagnose("one-shot against NFT's default 1% of the training set (ASR): "
-                        + ", ".join(f"{r.attack} {r.asr:.1f}% vs {default.get(r.attack, float('nan')):.1f}%" for r in one_shot.itertuples())
+                        + ", ".join(f"{r.label} {r.asr:.1f}% vs {default.get(r.label, float('nan')):.1f}%" for r in one_shot.itertuples())
                         + ("; the default data does no better, so the data size is not the cause" if all(
-                            default.get(r.attack, 0) >= 10 for r in one_shot.itertuples()) else ""))
-der = ablation[ablation["backdoored"]].pivot_table(index="attack", columns="variant", values="der")
+                            default.get(r.label, 0) >= 10 for r in one_shot.itertuples()) else ""))
+der = ablation[ablation["backdoored"]].pivot_table(index="label", columns="variant", values="der")
 ablations = [v for v in ("w/o regulariser", "w/o MixUp", "w/o mu(l) (masks in [0, 1])") if v in der]
 if not run.claims.check("Every ablation (no regulariser, no MixUp, no mu(l)) scores a lower DER than full NFT (Table 7)",
                         not der.empty and all((der[v] < der["NFT"]).all() for v in ablations),
                         "; ".join(f"{a}: " + ", ".join(f"{v} {der.loc[a, v]:.3f}" for v in ["NFT", *ablations]) for a in der.index)) and not der.empty:
     # How far apart must two DERs be to differ?  Full NFT again with another seed, on every backdoored victim.
-    reseeded = {r.attack: run.row(run.victim(r.attack, r.rate), run.defend(run.victim(r.attack, r.rate), "nft", seed=run.seed + 1))["der"]
+    reseeded = {r.label: run.row(primary[r.label], run.defend(primary[r.label], "nft", seed=run.seed + 1))["der"]
                 for r in nft_rows.itertuples()}
     noise = max(abs(reseeded[a] - der.loc[a, "NFT"]) for a in reseeded)
     gaps_to_nft = {(a, v): der.loc[a, "NFT"] - der.loc[a, v] for a in der.index for v in ablations}

@@ -42,6 +42,7 @@ import seaborn as sns
 
 from purify_lib import analysis
 from purify_lib.cli import parse_specs
+from purify_lib.plots import victim_label
 from purify_lib.run import Run
 
 DEFAULTS = {
@@ -56,7 +57,7 @@ s = run.settings(DEFAULTS, victims=victims, path_points=path_points, eps_values=
 # %% [markdown]
 # ## Along the fine-tuning direction (D3 Fig. 2)
 #
-# FT here uses all the clean data reserved for defenses (5% of the training set), as D3 does, and is
+# FT here uses 5% of the training set as its clean data, as D3 does, and is
 # plain fine-tuning as in BackdoorBench, on which D3's code builds: without the head rescaling that
 # FST's code applies (`project_head=False`).
 
@@ -64,10 +65,10 @@ s = run.settings(DEFAULTS, victims=victims, path_points=path_points, eps_values=
 path_rows, fine_tuned = [], {}
 for attack, rate in parse_specs(s["victims"]):
     victim = run.victim(attack, rate)
-    fine_tuned[(attack, rate)] = ft = run.defend(victim, "ft", data_fraction=run.profile.reserve_fraction, project_head=False)
+    fine_tuned[(attack, rate)] = ft = run.defend(victim, "ft", data_fraction=0.05, project_head=False)
     ts = np.linspace(0, 2, s["path_points"])
     for point in analysis.weight_path(victim.model, ft.model, ts, victim.splits.test, victim.attack):
-        path_rows.append({"victim": f"{attack} {rate:g}", **point})
+        path_rows.append({"victim": victim_label(victim), **point})
 path = pd.DataFrame(path_rows)
 run.table(path, "d3_fig2_weight_path", "Clean/backdoor loss, ACC and ASR along theta_victim + t (theta_FT - theta_victim) (D3 Fig. 2).")
 fig, axes = plt.subplots(1, 4, figsize=(15, 3.2))
@@ -89,8 +90,8 @@ for attack, rate in parse_specs(s["victims"]):
     for method, result in (("FT", fine_tuned[(attack, rate)]), ("D3", d3)):
         for layers, part in ((["head"], "head"), (None, "all layers")):
             delta = analysis.weight_change(victim.model, result.model, layers)
-            changes.append(pd.DataFrame({"change": delta, "method": method, "weights": part, "victim": f"{attack} {rate:g}"}))
-            distance_rows.append({"victim": f"{attack} {rate:g}", "method": method, "weights": part, "mean |change|": float(np.abs(delta).mean()),
+            changes.append(pd.DataFrame({"change": delta, "method": method, "weights": part, "victim": victim_label(victim)}))
+            distance_rows.append({"victim": victim_label(victim), "method": method, "weights": part, "mean |change|": float(np.abs(delta).mean()),
                                   "l2 distance": float(np.linalg.norm(delta)), "asr": result.history[-1]["asr"], "acc": result.history[-1]["acc"]})
 distances = pd.DataFrame(distance_rows)
 run.table(distances, "d3_fig4b_weight_change", "How far FT and D3 move the weights from the victim (D3 Fig. 4b).")

@@ -41,6 +41,7 @@ import torch
 
 from purify_lib.cli import parse_specs
 from purify_lib.defenses.pad import sce_scores
+from purify_lib.plots import victim_label
 from purify_lib.run import Run
 
 DEFAULTS = {
@@ -72,7 +73,7 @@ for attack, rate in parse_specs(s["victims"]):
     for n_c in s["selection_sizes"]:
         kept = torch.cat([members[scores[members].argsort()[:n_c]] for c in labels.unique()
                           for members in [torch.nonzero(labels == c).squeeze(1)]])
-        purity_rows.append({"victim": f"{attack} {rate:g}", "n_c": n_c, "N_c": len(kept), "poisons kept": int(is_poison[kept].sum()),
+        purity_rows.append({"victim": victim_label(victim), "n_c": n_c, "N_c": len(kept), "poisons kept": int(is_poison[kept].sum()),
                             "poison share (%)": 100 * is_poison[kept].float().mean().item(),
                             "poison share in the training set (%)": 100 * is_poison.float().mean().item(),
                             "target-class slots that are poisons (%)": 100 * is_poison[kept[labels[kept] == victim.attack.target]].float().mean().item()})

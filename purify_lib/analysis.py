@@ -10,6 +10,7 @@ import torch
 
 from .data import ImageSet, to_float
 from .metrics import evaluate
+from .seeds import stream
 
 
 @torch.no_grad()
@@ -24,7 +25,7 @@ def penultimate(model, images: torch.Tensor, batch_size: int = 500) -> np.ndarra
 def feature_groups(victim, per_group: int = 300, seed: int = 0) -> dict[str, ImageSet]:
     """The three groups of FST Fig. 3: clean target-class images, triggered images, other classes."""
     test, target = victim.splits.test, victim.attack.target
-    generator = torch.Generator().manual_seed(seed)
+    generator = stream("feature-groups", seed)
 
     def take(indices):
         return indices[torch.randperm(len(indices), generator=generator)[:per_group]]

@@ -30,6 +30,7 @@ import torch
 
 from .errors import PurifyError
 from .files import atomic_path, sha256_file
+from .seeds import stream
 
 DATA_ENV = "PURIFY_DATA"
 CACHE_ENV = "PURIFY_CACHE"
@@ -224,23 +225,43 @@ def _from_imagefolder_dir(path: Path) -> dict[str, np.ndarray]:
     return _decode_entries((p.parts[-3], p.parts[-2], p.read_bytes) for p in files)
 
 
+DEFENSE_DATA = ("train", "reserve")
+
+
 @dataclass
 class Splits:
-    """The attack-training set, the clean set reserved for defenses, and the test set."""
+    """The attack-training set, the clean set reserved for defenses (empty under the papers' protocol), and the test set."""
 
     train: ImageSet
     reserve: ImageSet
     test: ImageSet
     num_classes: int
-    full_train_size: int  # the dataset's whole training set, which defense-data fractions refer to
+    full_train_size: int  # the dataset's whole training set
+    defense_from: str = "train"  # where ``defense_data`` draws: "train" (the papers') or "reserve" (held out)
+
+    @property
+    def defense_pool(self) -> ImageSet:
+        """The clean images defense data is drawn from: the clean originals of the victim's training images
+        (BackdoorBench's ``clean_train``, which FST, D3 and NFT build on), or the held-out reserve."""
+        return self.train if self.defense_from == "train" else self.reserve
+
+    @property
+    def defense_base_size(self) -> int:
+        """What a paper's defense-data fraction is a share of: the training set (BackdoorBench's ``ratio`` times
+        ``len(clean_train)``); for the held-out reserve, the full training set it was cut from."""
+        return len(self.train) if self.defense_from == "train" else self.full_train_size
 
     def defense_data(self, fraction: float, seed: int = 0) -> ImageSet:
-        """A class-balanced share of the reserve: ``fraction`` of the *full* training set, as papers state it."""
-        count = round(fraction * self.full_train_size)
-        if not 0 < count <= len(self.reserve):
-            raise PurifyError(f"defense data fraction {fraction} means {count} images; the reserve holds {len(self.reserve)} "
-                              f"(reserve_fraction {len(self.reserve) / self.full_train_size:g})")
-        return balanced_subset(self.reserve, count, self.num_classes, seed)
+        """A seeded, class-balanced ``fraction`` of ``defense_base_size``, drawn from ``defense_pool``.
+
+        Under the papers' protocol the originals of poisoned training images may be drawn, with their
+        true labels, as BackdoorBench's ``choose_index`` samples all of ``clean_train``."""
+        count = round(fraction * self.defense_base_size)
+        pool = self.defense_pool
+        if not 0 < count <= len(pool):
+            raise PurifyError(f"defense data fraction {fraction} means {count} images; the {self.defense_from} set holds {len(pool)}"
+                              + (f" (reserve_fraction {len(pool) / self.full_train_size:g})" if self.defense_from == "reserve" else ""))
+        return balanced_subset(pool, count, self.num_classes, seed)
 
 
 def make_splits(
@@ -250,34 +271,41 @@ def make_splits(
     train_size: int | None = None,
     test_size: int | None = None,
     balanced: bool = True,
+    defense_from: str = "reserve",
 ) -> Splits:
     """Disjoint, seeded splits of ``dataset``.
 
     The reserve is ``reserve_fraction`` of the full training set (class-balanced when
     ``balanced``); the attack-training set is drawn from what is left, ``train_size``
     images of it when given; ``test_size`` subsamples the test set (class-balanced).
+    Each of the three draws has its own random stream (``seeds.stream``).  ``defense_from``
+    says where ``Splits.defense_data`` draws (``DEFENSE_DATA``).
     """
     if not 0 <= reserve_fraction < 1:
         raise PurifyError(f"reserve_fraction={reserve_fraction} must be in [0, 1)")
-    generator = torch.Generator().manual_seed(seed)
+    if defense_from not in DEFENSE_DATA:
+        raise PurifyError(f"defense_data={defense_from!r} is not one of {', '.join(DEFENSE_DATA)}")
+    if defense_from == "reserve" and reserve_fraction == 0:
+        raise PurifyError("defense_data='reserve' needs reserve_fraction > 0 (the held-out share of the training set)")
     full = dataset.train
     reserve_count = round(reserve_fraction * len(full))
+    reserve_stream = stream("reserve", seed)
     if balanced:
-        reserve_index = _balanced_choice(full.labels, reserve_count, dataset.num_classes, generator)
+        reserve_index = _balanced_choice(full.labels, reserve_count, dataset.num_classes, reserve_stream)
     else:
-        reserve_index = torch.randperm(len(full), generator=generator)[:reserve_count]
+        reserve_index = torch.randperm(len(full), generator=reserve_stream)[:reserve_count]
     is_reserved = torch.zeros(len(full), dtype=torch.bool)
     is_reserved[reserve_index] = True
     rest = torch.nonzero(~is_reserved).squeeze(1)
-    rest = rest[torch.randperm(len(rest), generator=generator)]
     if train_size is not None:
         if train_size > len(rest):
             raise PurifyError(f"train_size={train_size} exceeds the {len(rest)} training images left after the reserve")
-        rest = rest[:train_size]
+        rest = rest[torch.randperm(len(rest), generator=stream("train-subset", seed))[:train_size]]
     test = dataset.test
     if test_size is not None and test_size < len(test):
-        test = test.subset(_balanced_choice(test.labels, test_size, dataset.num_classes, generator))
-    return Splits(full.subset(rest.sort().values), full.subset(reserve_index.sort().values), test, dataset.num_classes, len(full))
+        test = test.subset(_balanced_choice(test.labels, test_size, dataset.num_classes, stream("test-subset", seed)))
+    return Splits(full.subset(rest.sort().values), full.subset(reserve_index.sort().values), test, dataset.num_classes, len(full),
+                  defense_from)
 
 
 def _balanced_choice(labels: torch.Tensor, count: int, num_classes: int, generator) -> torch.Tensor:
@@ -293,8 +321,8 @@ def _balanced_choice(labels: torch.Tensor, count: int, num_classes: int, generat
 
 
 def balanced_subset(images: ImageSet, count: int, num_classes: int, seed: int = 0) -> ImageSet:
-    """A seeded, class-balanced subset of ``count`` images (used for defense data)."""
-    return images.subset(_balanced_choice(images.labels, count, num_classes, torch.Generator().manual_seed(seed)))
+    """A seeded, class-balanced subset of ``count`` images (used for defense data), from its own stream."""
+    return images.subset(_balanced_choice(images.labels, count, num_classes, stream("defense-data", seed, count)))
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:

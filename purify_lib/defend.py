@@ -1,7 +1,8 @@
 """Defenses run on zoo victims, and their results cached beside the zoo.
 
 ``defend(victim, name)`` gives a defense its paper's defense data (a class-balanced share of the
-clean reserve, or the poisoned training set for the PAD family) and the profile's budget, and
+clean originals of the victim's training images, as BackdoorBench draws it, or of a held-out reserve
+where the profile says so; the poisoned training set for the PAD family) and the profile's budget, and
 stores the purified model so that no notebook runs the same defense twice.  It sits one floor
 above ``defenses/``, which knows nothing of the zoo.
 
@@ -25,8 +26,9 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
-from .defenses import DATA_FRACTION, DEFAULT_FRACTION, DEFENSES, NEEDS_POISONED_DATA, Defended, parameters_of, purify
+from .defenses import DATA_FRACTION, DEFAULT_FRACTION, DEFENSES, NEEDS_POISONED_DATA, TEST_SPLIT_PER_CLASS, Defended, parameters_of, purify
 from .defenses.mmbd import insert_clips
+from .data import ImageSet
 from .errors import PurifyError, choose
 from .files import load_checkpoint, save_checkpoint
 from .metrics import Evaluator
@@ -101,16 +103,28 @@ def cached_defense(victim, name: str, settings: dict, data_spec: dict, evaluate,
         return result
 
 
+def first_per_class(images, per_class: int):
+    """The first ``per_class`` images of each class, in the set's order (MM-BD's ``ind[:50]``)."""
+    chosen = [torch.nonzero(images.labels == c).squeeze(1)[:per_class] for c in range(int(images.labels.max()) + 1)]
+    return images.subset(torch.cat(chosen).sort().values)
+
+
 def defend(victim, name: str, profile=None, evaluate: bool = True, data_fraction: float | None = None,
-           per_class: int | None = None, cache: bool = True, without_poisons: bool = False, **params) -> Defended:
+           per_class: int | None = None, cache: bool = True, without_poisons: bool = False, triggered_oracle: bool = False,
+           **params) -> Defended:
     """Run defense ``name`` on a zoo victim: the paper's defense data, the profile's budget, ``params`` on top.
 
     The PAD family gets the victim's poisoned training set (and its poisoned indices, for the
-    report); every other method a class-balanced share of the clean reserve: ``data_fraction``
-    of the full training set (default: the paper's), or ``per_class`` images of each class
-    (``per_class=1`` is NFT's one-shot setting).  ``without_poisons`` (PAD family only) takes the
+    report); every other method a class-balanced share of the clean originals of the victim's training
+    images (or of the held-out reserve, under ``defense_data="reserve"``): ``data_fraction`` of the
+    training set (default: the paper's), or ``per_class`` images of each class
+    (``per_class=1`` is NFT's one-shot setting).  MM-BD takes the first ``per_class`` (default 50)
+    test images of each class, as its code does.  ``without_poisons`` (PAD family only) takes the
     known poisons out of that poisoned set first: an oracle no defender has, to measure what a
-    defense loses to the poisons its own selection lets through.  With ``cache`` (the default) the purified
+    defense loses to the poisons its own selection lets through.  ``triggered_oracle`` (clean-data defenses)
+    stamps the victim's trigger on every defense image and keeps the true labels: the data of the ideal
+    purification loss, another oracle no defender has, to tell a method that cannot remove the backdoor
+    from one that lacks the signal.  With ``cache`` (the default) the purified
     model and its report are stored beside the victim zoo and a repeated call loads them.
     """
     choose("defense", name, DEFENSES)
@@ -126,11 +140,21 @@ def defend(victim, name: str, profile=None, evaluate: bool = True, data_fraction
             clean[marked] = False
             data, marked = data.subset(torch.nonzero(clean).squeeze(1)), marked[:0]
         settings["poisoned"] = marked
+    elif name in TEST_SPLIT_PER_CLASS:
+        if data_fraction is not None:
+            raise PurifyError(f"{name} takes its clean images from the test split, {TEST_SPLIT_PER_CLASS[name]} per class as its code does; "
+                              f"pass per_class, not data_fraction={data_fraction}")
+        per_class = per_class or TEST_SPLIT_PER_CLASS[name]
+        data = first_per_class(victim.splits.test, per_class)
     else:
         if per_class is not None:
-            data_fraction = per_class * victim.splits.num_classes / victim.splits.full_train_size
+            data_fraction = per_class * victim.splits.num_classes / victim.splits.defense_base_size
         data_fraction = data_fraction or DATA_FRACTION.get(name, DEFAULT_FRACTION)
         data = victim.splits.defense_data(data_fraction)
+    if triggered_oracle:
+        if name in NEEDS_POISONED_DATA or victim.attack is None:
+            raise PurifyError(f"triggered_oracle needs a clean-data defense on a backdoored victim; got {name!r} on {victim.path.stem}")
+        data = ImageSet(victim.attack.apply(data.images), data.labels, data.indices)
     evaluator = Evaluator(victim.splits.test, victim.attack, profile.progress_eval_size) if evaluate else None
     # Checked here as well as in purify, so a bad name fails before a cached entry is looked up.
     unknown = sorted(set(settings) - set(parameters_of(name)))
@@ -144,6 +168,12 @@ def defend(victim, name: str, profile=None, evaluate: bool = True, data_fraction
 
     if not cache:
         return run()
-    spec = {"poisoned_train": True, **({"without_poisons": True} if without_poisons else {})} if name in NEEDS_POISONED_DATA else {"fraction": data_fraction, "size": len(data)}
+    if name in NEEDS_POISONED_DATA:
+        spec = {"poisoned_train": True, **({"without_poisons": True} if without_poisons else {})}
+    elif name in TEST_SPLIT_PER_CLASS:
+        spec = {"test_per_class": per_class, "size": len(data)}
+    else:
+        spec = {"fraction": data_fraction, "size": len(data), "from": victim.splits.defense_from,
+                **({"triggered_oracle": True} if triggered_oracle else {})}
     evaluated = {"progress_size": profile.progress_eval_size} if evaluate and profile.progress_eval_size else evaluate
     return cached_defense(victim, name, settings, spec, evaluated, run, zoo_dir() / "defended")

@@ -20,6 +20,36 @@ DEFENSE_NAMES = {"ft": {"FT", "Vanilla FT"}, "lp": {"LP"}, "fe_tuning": {"FE-tun
                  "sau": {"SAU"}, "rnp": {"RNP"}, "none": {"No Defense"}}
 
 
+# Which of our runs a published cell is set beside, where the paper ran a configuration other than our
+# default for that defense: D3's FT is BackdoorBench's (``finetune.BACKDOORBENCH_FT``), not FST's.
+BACKDOORBENCH_FT_ROW = "ft (BackdoorBench)"
+COMPARED_RUN = {("D3", "ft"): BACKDOORBENCH_FT_ROW}
+# What is known of the configuration behind a published cell, where it is not the one our run has.
+CONFIGURATION = {
+    ("D3", "ft"): "BackdoorBench's FT: 5% of the data, 100 epochs, batch 256, weight decay 5e-4",
+    ("FST", "ft_sam"): "FST's FT+SAM: SAM in FST's own FT (its appendix), not BackdoorBench's FT-SAM that ours is",
+    ("FST", "ft"): "FST's FT: 2% of the data, 10 epochs",
+    **{("NFT", name): "NFT's configuration for it is in its supplementary, not available here; NFT's victims are "
+                      "ResNet-18s trained 250 epochs on its own triggers, its defense data 1% held out"
+       for name in ("anp", "ibau", "ft_sam", "rnp")},
+}
+
+
+def compared_run(paper: str, defense: str) -> str:
+    """The name of our table row a published cell of ``paper`` for ``defense`` is set beside."""
+    return COMPARED_RUN.get((paper, defense), defense)
+
+
+def configuration_note(paper: str, defense: str, profile, run_params: dict | None = None) -> str:
+    """How the published cell's configuration relates to our run's: what the paper ran where it differs from
+    our default, and where the profile cuts the budget (``run_params``: a cut of our own, by name)."""
+    notes = [CONFIGURATION[(paper, defense)]] if (paper, defense) in CONFIGURATION else []
+    cut = {**profile.defense_params(defense), **(run_params or {})} if defense != "none" else {}
+    if cut:
+        notes.append(f"ours cut at profile {profile.name}: " + ", ".join(f"{k} {v}" for k, v in cut.items()))
+    return "; ".join(notes) or "same configuration"
+
+
 def tables_dir() -> Path | None:
     folder = Path(os.environ.get(TABLES_ENV, PROJECT_ROOT.parent / "shared" / "paper_tables"))
     return folder if folder.is_dir() else None

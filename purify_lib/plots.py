@@ -15,6 +15,23 @@ import seaborn as sns
 from .files import atomic_path
 
 PALETTE = "colorblind"
+NOT_LEARNED = "not learned"  # a victim whose backdoor was not learned (ASR below the zoo's MIN_ASR before any defense)
+
+
+def victim_label(victim) -> str:
+    """``attack rate`` as figures name a victim, marked when its backdoor was not learned, so that no
+    reader takes its low ASR after a defense for a removal."""
+    variant = getattr(victim.attack, "variant", "backdoorbench")
+    return (f"{victim.attack.name} {victim.poison_rate:g}" + (f" ({variant.upper()}'s trigger)" if variant != "backdoorbench" else "")
+            + ("" if victim.backdoored else f" ({NOT_LEARNED})"))
+
+
+def mark_not_learned(ax, frame: pd.DataFrame, x: str, y: str) -> None:
+    """Hollow black rings over the points of ``frame`` whose victim was not learned (its ``backdoored`` column)."""
+    hollow = frame[~frame["backdoored"].astype(bool)]
+    if not hollow.empty:
+        ax.scatter(hollow[x], hollow[y], s=90, facecolors="none", edgecolors="black", linewidths=1.2, zorder=5,
+                   label=f"victim {NOT_LEARNED}")
 
 
 def style() -> None:
@@ -56,6 +73,8 @@ def save_table(frame: pd.DataFrame, name: str, folder: str | Path, caption: str 
     csv, md = folder / f"{name}.csv", folder / f"{name}.md"
     with atomic_path(csv) as tmp:
         frame.to_csv(tmp, index=False)
+    if "backdoored" in frame.columns:  # in the Markdown a reader sees, say it in words
+        frame = frame.assign(backdoored=frame["backdoored"].map(lambda v: "yes" if v is True or v == 1 else NOT_LEARNED if v is False or v == 0 else v))
     footer = f"\n<!-- run record: {json.dumps(record, sort_keys=True, default=str)} -->\n" if record else ""
     with atomic_path(md) as tmp:
         tmp.write_text((f"{caption}\n\n" if caption else "") + markdown(frame) + footer)

@@ -1,7 +1,7 @@
 """Named parameter sets used by every notebook, script and test.
 
 - ``smoke``: the whole notebook suite in a few minutes on 2 CPU cores (CI).
-- ``cpu``: the default without a GPU: width 16, all the training data the reserve leaves, the
+- ``cpu``: the default without a GPU: width 16, all the training data, the
   whole test set, 13 epochs, the recipe that fits about 10 minutes a victim on a 2-core AVX-512
   BF16 CPU (README, "How the cpu recipe was chosen", has the trials and what it does not learn).
 - ``paper``: the papers' settings (width 64, all data, BackdoorBench's 100-epoch recipe).
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 
 import torch
 
+from .data import DEFENSE_DATA
 from .errors import PurifyError, choose
 from .train import Recipe
 
@@ -21,10 +22,14 @@ from .train import Recipe
 class Profile:
     name: str
     width: int  # PreAct-ResNet18 first-stage channels
-    train_size: int | None  # attack-training images (None: all that the reserve leaves)
+    train_size: int | None  # attack-training images (None: all, or all that a held-out reserve leaves)
     test_size: int | None  # test images (None: all)
     recipe: Recipe = field(default_factory=Recipe)
-    reserve_fraction: float = 0.05  # of the full training set, kept clean for defenses
+    # Where a defense's clean data comes from.  "train" (the papers' protocol, BackdoorBench's ``clean_train``):
+    # a class-balanced share of the clean originals of the victim's own training images, which are all of the
+    # training set.  "reserve": a held-out ``reserve_fraction`` of the training set that the victim never sees.
+    defense_data: str = "train"
+    reserve_fraction: float = 0.05  # used only with defense_data="reserve"
     model: str = "preactresnet18"
     dataset: str = "cifar10"
     # Per-defense budget overrides (epochs, steps) where the papers' budgets exceed the profile's time.
@@ -33,6 +38,14 @@ class Profile:
     progress_eval_size: int | None = None
     # Per-attack parameter overrides (they are part of the victim's key), where an attack's own training exceeds the profile's time.
     attack_settings: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        choose("defense_data", self.defense_data, DEFENSE_DATA)
+
+    @property
+    def held_out_fraction(self) -> float:
+        """The share of the training set the victim does not train on: the reserve, when defenses draw from it."""
+        return self.reserve_fraction if self.defense_data == "reserve" else 0.0
 
     def defense_params(self, name: str) -> dict:
         return dict(self.defense_settings.get(name, {}))

@@ -64,8 +64,11 @@ def machine() -> dict:
 
 
 def victim_name(victim) -> str:
-    """``attack:rate`` (``clean:0`` for a clean model), as run records and needs records name a victim."""
-    return f"{victim.attack.name if victim.attack else 'clean'}:{victim.poison_rate:g}"
+    """``attack:rate`` (``clean:0`` for a clean model), as run records and needs records name a victim;
+    ``attack[variant]:rate`` for another paper's trigger set (NFT's)."""
+    variant = getattr(victim.attack, "variant", "backdoorbench")
+    name = victim.attack.name + (f"[{variant}]" if variant != "backdoorbench" else "") if victim.attack else "clean"
+    return f"{name}:{victim.poison_rate:g}"
 
 
 def run_record(notebook: str, profile, parameters: dict, victims=(), device=None) -> dict:

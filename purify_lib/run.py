@@ -43,12 +43,14 @@ class Run:
         print(f"{notebook}: profile {self.profile.name} (width {self.profile.width}, {self.profile.train_size or 'all'} training images, "
               f"{self.profile.recipe.epochs} epochs), device {self.device}, outputs in {self.figures}")
 
-    def victim(self, attack: str, rate: float):
-        """The zoo's victim (trained once, then loaded), remembered for the run record."""
-        key = (attack, rate)
+    def victim(self, attack: str, rate: float, **attack_params):
+        """The zoo's victim (trained once, then loaded), remembered for the run record; ``attack_params``
+        on top of the profile's (NFT's trigger set, for instance)."""
+        key = (attack, rate, *sorted(attack_params.items())) if attack_params else (attack, rate)
         if key not in self.victims:
             started = time.perf_counter()
-            victim = self.victims[key] = get_victim(attack, rate, self.profile, split_seed=self.seed, device=self.device, progress=False)
+            victim = self.victims[key] = get_victim(attack, rate, self.profile, attack_params=attack_params or None, split_seed=self.seed,
+                                                    device=self.device, progress=False)
             self._note("victim", victim, started, victim.path.stem, victim.cache_hit, victim.record["train_seconds"])
         return self.victims[key]
 

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from .data import ImageSet, augment, to_float
 from .errors import PurifyError, choose
 from .precision import autocast, resolve_precision
+from .seeds import seed_global, stream
 
 # onecycle: PyTorch's OneCycleLR (cosine up over ``warmup_fraction`` of the steps, cosine down);
 # triangle: the same with straight lines, as airbench trains, which keeps more steps at a low rate.
@@ -57,7 +58,8 @@ def make_scheduler(optimizer, schedule, lr: float, total_steps: int, warmup_frac
 
 
 def batches(count: int, batch_size: int, device, generator: torch.Generator, drop_last: bool = False):
-    """Shuffled index batches for one epoch; the permutation comes from a CPU generator so runs repeat."""
+    """Shuffled index batches for one epoch; the permutation comes from a CPU generator so runs repeat
+    (callers pass each epoch its own, ``seeds.stream("order", seed, epoch)``)."""
     order = torch.randperm(count, generator=generator).to(device)
     stop = count - count % batch_size if drop_last and count >= batch_size else count
     for start in range(0, stop, batch_size):
@@ -86,8 +88,10 @@ def train_model(model, data: ImageSet, recipe: Recipe, attack=None, poison_rate:
     """
     device = next(model.parameters()).device
     precision = resolve_precision(device, precision)
-    torch.manual_seed(recipe.seed)
-    generator = torch.Generator().manual_seed(recipe.seed)
+    # Three streams (seeds.py): the batch order, the augmentation, and the global generator that a
+    # training-controlled attack's per-batch draws (WaNet's, IAD's) and FGSM's random starts take.
+    seed_global("train", recipe.seed)
+    augment_stream = stream("augment", recipe.seed, device=device)
     images, labels = data.images.to(device), data.labels.to(device)
     model.to(memory_format=torch.channels_last).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
@@ -99,10 +103,10 @@ def train_model(model, data: ImageSet, recipe: Recipe, attack=None, poison_rate:
     # WaNet, as BackdoorBench trains it: its own augmentation after the warp replaces the recipe's before it
     augment_after = recipe.augment and controlled and attack.augments_after_poison
     for epoch in range(recipe.epochs):
-        for index in batches(len(labels), recipe.batch_size, device, generator):
+        for index in batches(len(labels), recipe.batch_size, device, stream("order", recipe.seed, epoch)):
             x, y = to_float(images[index]), labels[index]
             if recipe.augment and not augment_after:
-                x = augment(x, padding=recipe.crop_padding)
+                x = augment(x, padding=recipe.crop_padding, generator=augment_stream)
             if controlled:
                 x, y = attack.poison_batch(x, y, poison_rate)
             if augment_after:

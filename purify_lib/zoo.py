@@ -31,10 +31,13 @@ from .models import make_model
 from .precision import resolve_precision
 from .profiles import Profile, get_profile
 from .report import machine
+from .seeds import seed_global
 from .train import train_model
 
 ZOO_ENV = "PURIFY_ZOO"
-ZOO_FORMAT = 2  # 2: PreAct-ResNet18 without the final BatchNorm, precision in the key
+# 2: PreAct-ResNet18 without the final BatchNorm, precision in the key; 3: one random stream per purpose
+# (``seeds.py``: the poisons no longer come first in epoch 1) and victims trained on the whole training set
+ZOO_FORMAT = 3
 MIN_ASR = 50.0  # below this a "victim" has not learned its backdoor and is flagged
 
 
@@ -86,7 +89,7 @@ def victim_config(profile: Profile, attack: Attack | None, poison_rate: float, d
         "format": ZOO_FORMAT,
         "data": data_source,
         "split_seed": split_seed,
-        "reserve_fraction": profile.reserve_fraction,
+        "reserve_fraction": profile.held_out_fraction,
         "train_size": profile.train_size,
         "test_size": profile.test_size,
         "attack": attack.params() if attack else None,
@@ -118,7 +121,9 @@ def get_victim(attack: str | None = "badnets", poison_rate: float = 0.1, profile
     precision = resolve_precision(device, precision)
     dataset, splits = _profile_splits(profile, split_seed, data_root)
     attack_obj = _checked_attack(attack, {**(profile.attack_params(attack) if attack else {}), **(attack_params or {})}, poison_rate, splits)
-    model = make_model(profile.model, dataset.num_classes, profile.width, profile.dataset)
+    with torch.random.fork_rng(devices=[]):  # the initial weights from a stream of their own (they were unseeded)
+        seed_global("model-init", profile.recipe.seed)
+        model = make_model(profile.model, dataset.num_classes, profile.width, profile.dataset)
 
     if adversarial_eps and attack is not None:
         raise PurifyError(f"adversarial_eps={adversarial_eps} is for clean models only (attack=None), not {attack!r}")
@@ -154,7 +159,8 @@ def get_victim(attack: str | None = "badnets", poison_rate: float = 0.1, profile
 
 def _profile_splits(profile: Profile, split_seed: int, data_root=None):
     dataset = load_dataset(profile.dataset, data_root)
-    return dataset, make_splits(dataset, split_seed, profile.reserve_fraction, profile.train_size, profile.test_size)
+    return dataset, make_splits(dataset, split_seed, profile.held_out_fraction, profile.train_size, profile.test_size,
+                                defense_from=profile.defense_data)
 
 
 def _attach_clean_model(attack: Attack, profile: Profile, split_seed: int, zoo: Path, device=None, data_root=None,

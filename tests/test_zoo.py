@@ -126,15 +126,31 @@ def test_poisoned_train_matches_the_record_and_lc_trains_its_clean_model_once(is
 def test_defend_uses_the_papers_defense_data(isolated_cache):
     from purify_lib.defend import defend
 
-    victim = get_victim("badnets", 0.1, recipe=tiny_recipe(), reserve_fraction=0.05, **TINY)
+    victim = get_victim("badnets", 0.1, recipe=tiny_recipe(), **TINY)
+    # the papers' protocol: the victim trains on every image it was given, and a defense's clean data is a
+    # class-balanced share of their clean originals (poisoned ones included, with their true labels)
+    assert victim.record["config"]["reserve_fraction"] == 0 and len(victim.splits.reserve) == 0
+    drawn = victim.splits.defense_data(0.2)
+    assert len(drawn) == 60 and (drawn.labels.bincount() == 6).all()
+    assert set(drawn.indices.tolist()) <= set(victim.splits.train.indices.tolist())
+    originals = victim.splits.train.images[torch.searchsorted(victim.splits.train.indices, drawn.indices)]
+    assert torch.equal(drawn.images, originals)  # clean originals, not the poisoned training images
     fst = defend(victim, "fst", epochs=1)
     assert fst.params["epochs"] == 1 and len(fst.history) == 2
     one_shot = defend(victim, "nft", per_class=1, steps=2, evaluate=False)
     assert all("asr" not in row for row in one_shot.history) and one_shot.params["steps"] == 2
     pad = defend(victim, "pad", n_c=5, clip_epochs=1, evaluate=False)
     assert pad.extra["kept"] == 50 and 0 <= pad.extra["kept_poisoned"] <= 50
-    with pytest.raises(PurifyError, match="defense data fraction 0.5 means 25000 images; the reserve holds 2500"):
-        defend(victim, "ft", data_fraction=0.5)
+    with pytest.raises(PurifyError, match="defense data fraction 2 means 600 images; the train set holds 300"):
+        defend(victim, "ft", data_fraction=2)
+    # the held-out protocol: a reserve the victim never sees, fractions of the full training set
+    held_out = get_victim("badnets", 0.1, recipe=tiny_recipe(), defense_data="reserve", reserve_fraction=0.05, **TINY)
+    assert held_out.record["key"] != victim.record["key"] and len(held_out.splits.reserve) == 2500
+    assert set(held_out.splits.defense_data(0.02).indices.tolist()) <= set(held_out.splits.reserve.indices.tolist())
+    with pytest.raises(PurifyError, match="defense data fraction 0.5 means 25000 images; the reserve set holds 2500"):
+        defend(held_out, "ft", data_fraction=0.5)
+    with pytest.raises(PurifyError, match="unknown defense_data 'test'"):
+        get_victim("badnets", 0.1, defense_data="test", **TINY)
 
 
 def test_each_precision_is_its_own_victim_and_defense_entry(isolated_cache, monkeypatch):

@@ -18,6 +18,7 @@ import torch
 
 from ..data import ImageSet
 from ..errors import PurifyError
+from ..seeds import stream
 from .base import Poisoned
 from .blended import Blended
 
@@ -63,12 +64,12 @@ class AdaptiveBlend(Blended):
         pool = torch.nonzero(self.pool_mask(train.labels)).squeeze(1)
         if count + covers > len(train.labels):
             raise PurifyError(f"poison_rate={rate} with cover_ratio={self.cover_ratio} needs {count + covers} images; the set holds {len(train.labels)}")
-        generator = torch.Generator().manual_seed(seed)
-        index = pool[torch.randperm(len(pool), generator=generator)[:count]].sort().values
+        index = pool[torch.randperm(len(pool), generator=stream("poison", seed))[:count]].sort().values
         rest = torch.ones(len(train.labels), dtype=torch.bool)
         rest[index] = False
         rest = torch.nonzero(rest).squeeze(1)
-        cover = rest[torch.randperm(len(rest), generator=generator)[:covers]].sort().values
+        cover = rest[torch.randperm(len(rest), generator=stream("adaptive-blend-covers", seed))[:covers]].sort().values
+        generator = stream("adaptive-blend-pieces", seed)
         images, labels = train.images.clone(), train.labels.clone()
         images[index] = self.partial(images[index], generator)
         images[cover] = self.partial(images[cover], generator)

@@ -1,9 +1,23 @@
-"""BadNets (Gu et al., 2017): paste a small patch; here a 3x3 white square at rows/cols 29-31."""
+"""BadNets (Gu et al., 2017): stamp a small patch in the bottom-right corner.
+
+Two trigger sets, as ``variant``:
+
+- ``"backdoorbench"`` (default): a 3x3 white square at rows/cols 29-31, pasted (BackdoorBench's
+  ``resource/badnet/trigger_image.png``).
+- ``"nft"``: NFT's ``checkerboard_1corner`` (``src/data/badnets_blend.py``): one grey-level 3x3 pattern,
+  rows ``(0, 0, 255), (0, 255, 0), (255, 0, 255)``, at rows/cols 29-31 of every channel, blended into those
+  nine pixels at alpha 0.6 (its scripts force 0.6 for BadNets).  NFT draws its poisons from the other
+  classes only: pass ``pool="non_target"`` with it.
+"""
 from __future__ import annotations
 
 import torch
 
+from ..errors import choose
 from .base import Attack, pattern_digest, trigger_pattern
+
+VARIANTS = ("backdoorbench", "nft")
+NFT_ALPHA = 0.6
 
 
 def default_patch(size: int = 32) -> torch.Tensor:
@@ -13,19 +27,35 @@ def default_patch(size: int = 32) -> torch.Tensor:
     return pattern
 
 
+def nft_checkerboard(size: int = 32) -> torch.Tensor:
+    """NFT's corner pattern: the same 3x3 grey levels in every channel, zero elsewhere."""
+    pattern = torch.zeros(3, size, size, dtype=torch.uint8)
+    pattern[:, size - 3 :, size - 3 :] = torch.tensor([[0, 0, 255], [0, 255, 0], [255, 0, 255]], dtype=torch.uint8)
+    return pattern
+
+
 class BadNets(Attack):
-    """Pixels where the trigger image is non-zero replace the image's pixels."""
+    """Pixels where the trigger image is non-zero replace the image's pixels (``"nft"``: the nine corner
+    pixels are blended with the pattern at alpha 0.6, black ones included)."""
 
     name = "badnets"
 
-    def __init__(self, target: int = 0, trigger_path=None, pool: str = "all"):
+    def __init__(self, target: int = 0, trigger_path=None, pool: str = "all", variant: str = "backdoorbench"):
         super().__init__(target, pool)
-        self.pattern = trigger_pattern("trigger_image.png", trigger_path, default_patch)
-        self.mask = (self.pattern > 0).any(0, keepdim=True)
+        self.variant = choose("badnets variant", variant, VARIANTS)
+        if variant == "nft":
+            self.pattern = nft_checkerboard() if trigger_path is None else trigger_pattern("", trigger_path, nft_checkerboard)
+            self.mask = torch.zeros(1, *self.pattern.shape[1:], dtype=torch.bool)
+            self.mask[:, -3:, -3:] = True
+        else:
+            self.pattern = trigger_pattern("trigger_image.png", trigger_path, default_patch)
+            self.mask = (self.pattern > 0).any(0, keepdim=True)
 
     def params(self) -> dict:
-        return {**super().params(), "trigger": pattern_digest(self.pattern)}
+        return {**super().params(), "trigger": pattern_digest(self.pattern), **({"variant": self.variant} if self.variant != "backdoorbench" else {})}
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
         mask, pattern = self.mask.to(images.device), self.pattern.to(images.device)
+        if self.variant == "nft":
+            pattern = ((1 - NFT_ALPHA) * images.float() + NFT_ALPHA * pattern.float()).round().clamp(0, 255).to(torch.uint8)
         return torch.where(mask, pattern, images)

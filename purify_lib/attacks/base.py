@@ -11,6 +11,7 @@ import torch
 
 from ..data import PROJECT_ROOT, ImageSet, to_float
 from ..errors import PurifyError
+from ..seeds import stream
 
 TRIGGER_ENV = "PURIFY_TRIGGERS"
 POOLS = ("all", "non_target")
@@ -81,11 +82,10 @@ class Attack:
         return torch.ones_like(labels, dtype=torch.bool) if self.pool == "all" else labels != self.target
 
     def choose(self, labels: torch.Tensor, rate: float, seed: int) -> torch.Tensor:
-        """Seeded choice of the indices to poison, from ``pool_mask``."""
+        """Seeded choice of the indices to poison, from ``pool_mask``, on a stream of its own (``seeds.py``)."""
         count = self.poison_count(labels, rate)
         pool = torch.nonzero(self.pool_mask(labels)).squeeze(1)
-        generator = torch.Generator().manual_seed(seed)
-        return pool[torch.randperm(len(pool), generator=generator)[:count]].sort().values
+        return pool[torch.randperm(len(pool), generator=stream("poison", seed))[:count]].sort().values
 
     def poison(self, train: ImageSet, rate: float, seed: int = 0) -> Poisoned:
         index = self.choose(train.labels, rate, seed)

@@ -3,32 +3,42 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import PurifyError
+from ..errors import PurifyError, choose
+from ..seeds import stream
 from .base import Attack, pattern_digest, trigger_pattern
 
 
 def default_pattern() -> torch.Tensor:
     """A seeded uniform-noise image (the original paper also blended random noise)."""
-    return torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    return torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=stream("blended-pattern", 0))
+
+
+VARIANTS = ("backdoorbench", "nft")
 
 
 class Blended(Attack):
     """Blend the Hello Kitty image (BackdoorBench's) at ``alpha`` = 0.2, for training and test.
 
-    Without the file, ``default_pattern`` stands in.
+    Without the file, ``default_pattern`` stands in.  ``variant="nft"`` blends a uniform-noise image
+    instead, as NFT's Blend attack does (``src/data/badnets_blend.py``, ``gaussian_noise``: its stored
+    ``cifar_gaussian_noise.png`` holds uniform 0-255 noise, alpha forced to 0.2).  That file is not
+    shipped here, so ``default_pattern``, a seeded draw of the same distribution, stands in for it.
+    NFT draws its poisons from the other classes only: pass ``pool="non_target"`` with it.
     """
 
     name = "blended"
 
-    def __init__(self, target: int = 0, alpha: float = 0.2, trigger_path=None, pool: str = "all"):
+    def __init__(self, target: int = 0, alpha: float = 0.2, trigger_path=None, pool: str = "all", variant: str = "backdoorbench"):
         super().__init__(target, pool)
         if not 0 < alpha <= 1:
             raise PurifyError(f"alpha={alpha} is outside (0, 1]")
-        self.alpha = alpha
-        self.pattern = trigger_pattern("hello_kitty.jpeg", trigger_path, default_pattern)
+        self.alpha, self.variant = alpha, choose("blended variant", variant, VARIANTS)
+        filename = "hello_kitty.jpeg" if variant == "backdoorbench" else "cifar_gaussian_noise.png"
+        self.pattern = trigger_pattern(filename, trigger_path, default_pattern)
 
     def params(self) -> dict:
-        return {**super().params(), "alpha": self.alpha, "trigger": pattern_digest(self.pattern)}
+        return {**super().params(), "alpha": self.alpha, "trigger": pattern_digest(self.pattern),
+                **({"variant": self.variant} if self.variant != "backdoorbench" else {})}
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
         pattern = self.pattern.to(images.device).float()

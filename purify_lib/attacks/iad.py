@@ -29,6 +29,7 @@ import torch.nn as nn
 
 from ..data import ImageSet, to_float
 from ..errors import PurifyError
+from ..seeds import seed_global, stream
 from .base import Attack, map_in_batches
 
 
@@ -83,7 +84,7 @@ class IAD(Attack):
         self.cross_ratio, self.lambda_div, self.lambda_norm, self.mask_density = cross_ratio, lambda_div, lambda_norm, mask_density
         self.mask_epochs, self.lr, self.batch_size, self.channels, self.seed = mask_epochs, lr, batch_size, channels, seed
         with torch.random.fork_rng(devices=[]):  # seeded initial weights, without touching the caller's random state
-            torch.manual_seed(seed)
+            seed_global("iad-init", seed)
             self.generator, self.mask_generator = Generator(3, channels), Generator(1, channels)
         # one module for the learned state: its state dict names them "generator." and "mask."
         self.nets = nn.ModuleDict({"generator": self.generator, "mask": self.mask_generator})
@@ -106,7 +107,7 @@ class IAD(Attack):
         self.generator.to(device)
         self.mask_generator.to(device).train()
         optimizer = torch.optim.Adam(self.mask_generator.parameters(), lr=self.lr, betas=(0.5, 0.9))
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = stream("iad-mask-order", self.seed)
         images = train.images
         for _ in range(self.mask_epochs):
             order = torch.randperm(len(images), generator=generator)

@@ -4,12 +4,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..seeds import stream
 from .base import Attack, pattern_digest, trigger_pattern
 
 
 def default_pattern(size: int = 32, amplitude: float = 50, seed: int = 0) -> torch.Tensor:
     """A seeded stand-in: 4x4 noise upsampled bicubically, so only low frequencies remain."""
-    coarse = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(seed))
+    coarse = torch.rand(1, 3, 4, 4, generator=stream("lf-pattern", seed))
     smooth = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=True)[0]
     smooth = (smooth - smooth.min()) / (smooth.max() - smooth.min())
     return (smooth * amplitude).round().to(torch.uint8)

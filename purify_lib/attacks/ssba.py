@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from ..data import ImageSet, to_float
 from ..errors import PurifyError
+from ..seeds import seed_global, stream
 from .base import Attack, map_in_batches
 
 
@@ -77,9 +78,9 @@ class SSBA(Attack):
             raise PurifyError(f"ssba needs bits >= 1, channels >= 1, steps >= 1 and max_residual in (0, 1]; got {bits}, {channels}, {steps}, {max_residual}")
         self.bits, self.channels, self.max_residual, self.steps, self.ramp_steps = bits, channels, max_residual, steps, ramp_steps
         self.image_weight, self.lr, self.batch_size, self.seed = image_weight, lr, batch_size, seed
-        self.secret = torch.randint(0, 2, (bits,), generator=torch.Generator().manual_seed(seed)).float()
+        self.secret = torch.randint(0, 2, (bits,), generator=stream("ssba-secret", seed)).float()
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            seed_global("ssba-init", seed)
             self.encoder, self.decoder = Encoder(bits, channels), Decoder(bits, channels)
         self.nets = nn.ModuleDict({"encoder": self.encoder, "decoder": self.decoder})  # the asset: "encoder." and "decoder." weights
         self.ready, self.report = False, {}
@@ -101,7 +102,7 @@ class SSBA(Attack):
 
         self.nets.to(device).train()
         optimizer = torch.optim.Adam(self.nets.parameters(), lr=self.lr)
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = stream("ssba-training", self.seed)
         ramp_start = None
         for step in tqdm(range(self.steps), disable=not progress, desc="ssba encoder", leave=False):
             index = torch.randint(0, len(train), (self.batch_size,), generator=generator)

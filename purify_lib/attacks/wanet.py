@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from ..data import augment
 from ..errors import PurifyError
+from ..seeds import stream
 from .base import Attack
 
 
@@ -40,8 +41,7 @@ class WaNet(Attack):
         if k < 2 or k > size:
             raise PurifyError(f"k={k} must be between 2 and the image size {size}")
         self.k, self.strength, self.grid_rescale, self.cross_ratio, self.size, self.seed = k, strength, grid_rescale, cross_ratio, size, seed
-        generator = torch.Generator().manual_seed(seed)
-        noise = torch.rand(1, 2, k, k, generator=generator) * 2 - 1
+        noise = torch.rand(1, 2, k, k, generator=stream("wanet-grid", seed)) * 2 - 1
         noise = noise / noise.abs().mean()
         self.noise_grid = F.interpolate(noise, size=size, mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
         line = torch.linspace(-1, 1, size)

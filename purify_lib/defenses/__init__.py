@@ -29,11 +29,13 @@ from .sau import sau
 
 DEFENSES = {fn.__name__: fn for fn in (ft, lp, fe_tuning, ft_init, fst, nft, d3, pad, pad_ft, ft_sam, anp, ibau, nad, mmbd, fp, nc, sau, rnp)}
 NEEDS_POISONED_DATA = {"pad", "pad_ft"}
-# Clean defense data as a share of the full training set, as each paper states it:
-# FST 2%, NFT 1%, D3 and BackdoorBench's baselines 5%; MM-BD's code uses 50 images per class, and
-# BackdoorBench's RNP 1% (its ``config/defense/rnp/config.yaml``).
-DATA_FRACTION = {"ft": 0.02, "lp": 0.02, "fe_tuning": 0.02, "ft_init": 0.02, "fst": 0.02, "nft": 0.01, "mmbd": 0.01, "rnp": 0.01}
+# Clean defense data as a share of the training set, as each paper states it:
+# FST 2%, NFT 1%, D3 and BackdoorBench's baselines 5%, BackdoorBench's RNP 1% (its ``config/defense/rnp/config.yaml``).
+DATA_FRACTION = {"ft": 0.02, "lp": 0.02, "fe_tuning": 0.02, "ft_init": 0.02, "fst": 0.02, "nft": 0.01, "rnp": 0.01}
 DEFAULT_FRACTION = 0.05
+# Defenses whose clean images come from the test split, as their code takes them: MM-BD's ``univ_bm.py``
+# loads CIFAR-10 with ``train=False`` and keeps the first 50 images of each class.
+TEST_SPLIT_PER_CLASS = {"mmbd": 50}
 
 
 def parameters_of(name: str) -> dict:
@@ -56,4 +58,4 @@ def purify(name: str, model, data, evaluator=None, **params) -> Defended:
     return DEFENSES[name](model, data, evaluator, **params)
 
 
-__all__ = ["DATA_FRACTION", "DEFAULT_FRACTION", "DEFENSES", "NEEDS_POISONED_DATA", "Defended", "parameters_of", "purify"]
+__all__ = ["DATA_FRACTION", "DEFAULT_FRACTION", "DEFENSES", "NEEDS_POISONED_DATA", "TEST_SPLIT_PER_CLASS", "Defended", "parameters_of", "purify"]

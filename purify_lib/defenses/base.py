@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from ..data import ImageSet, augment, to_float
 from ..errors import PurifyError
 from ..precision import autocast, resolve_precision
+from ..seeds import seed_global, stream
 from ..train import batches, make_scheduler
 
 
@@ -42,7 +43,7 @@ def cross_entropy(model, x, y):
 def tune(model, data: ImageSet, params, *, epochs: int, lr: float, batch_size: int = 128, momentum: float = 0.9,
          weight_decay: float = 0.0, schedule: str = "cosine", optimizer: str = "sgd", loss_fn=cross_entropy,
          after_step=None, step_fn=None, evaluator=None, augment_data: bool = True, frozen_eval=(),
-         steps: int | None = None, eval_every: int | None = None, on_epoch=None, seed: int = 0,
+         steps: int | None = None, eval_every: int | None = None, on_epoch=None, seed: int = 0, replacement: bool = False,
          progress: bool = False, desc: str = "tune", precision: str | None = None) -> list[dict]:
     """Optimise ``params`` of ``model`` on ``data``; return per-epoch history.
 
@@ -52,7 +53,8 @@ def tune(model, data: ImageSet, params, *, epochs: int, lr: float, batch_size: i
     epoch.  Modules in ``frozen_eval`` stay in eval mode, so the BatchNorm statistics of
     frozen parts do not drift.  ``steps`` fixes the number of
     optimiser steps instead (NFT's code counts steps); an "epoch" is then one pass over the
-    data.  The evaluator runs every ``eval_every`` epochs (default: about five times in all)
+    data.  ``replacement`` draws every batch whole, with replacement (NFT's ``RandomSampler(replacement=True)``),
+    instead of shuffling each epoch.  The evaluator runs every ``eval_every`` epochs (default: about five times in all)
     and after the last; only that last one is ``final`` (see ``metrics.Evaluator``).  Forward passes (and a ``step_fn``'s whole step) run under
     ``precision``'s autocast (default ``$PURIFY_PRECISION``, else ``auto``: bf16 where the
     hardware has it); parameters and optimiser state stay fp32.  fp16 (an older GPU) tunes in
@@ -73,8 +75,8 @@ def tune(model, data: ImageSet, params, *, epochs: int, lr: float, batch_size: i
         epochs = math.ceil(steps / steps_per_epoch)
     total = steps if steps is not None else epochs * steps_per_epoch
     scheduler = make_scheduler(opt, schedule, lr, total)
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
+    seed_global("tune", seed)  # the draws a loss or step function makes (MixUp's, SAM's) on the global generator
+    augment_stream = stream("tune-augment", seed, device=device)
     images, labels = data.images.to(device), data.labels.to(device)
     eval_every = eval_every or max(1, epochs // 5)
     history = [{"epoch": 0, **evaluator(model, final=False)}] if evaluator is not None else []
@@ -85,12 +87,15 @@ def tune(model, data: ImageSet, params, *, epochs: int, lr: float, batch_size: i
         for module in frozen_eval:
             module.eval()
         losses = []
-        for index in batches(len(labels), batch_size, device, generator):
+        order = stream("tune-order", seed, epoch)
+        drawn = ((torch.randint(0, len(labels), (batch_size,), generator=order).to(device) for _ in range(steps_per_epoch))
+                 if replacement else batches(len(labels), batch_size, device, order))
+        for index in drawn:
             if done == total:
                 break
             x, y = to_float(images[index]), labels[index]
             if augment_data:
-                x = augment(x)
+                x = augment(x, generator=augment_stream)
             if step_fn is not None:
                 with autocast(device, precision):
                     loss = step_fn(model, x, y, opt, loss_fn)
@@ -140,7 +145,7 @@ def batch_norms(model) -> list[torch.nn.BatchNorm2d]:
 def reinit_linear(layer: torch.nn.Linear, seed: int = 0) -> None:
     """PyTorch's default Linear init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias, seeded."""
     bound = 1 / math.sqrt(layer.in_features)
-    generator = torch.Generator().manual_seed(seed)
+    generator = stream("reinit-linear", seed)
     with torch.no_grad():
         for tensor in (layer.weight, layer.bias):
             tensor.copy_(torch.empty(tensor.shape).uniform_(-bound, bound, generator=generator))

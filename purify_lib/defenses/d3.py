@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import PurifyError, choose
+from ..seeds import stream
 from .base import Defended, rescale_, timed, tune
 
 HINGES = ("per_sample", "mean")
@@ -52,7 +53,7 @@ def d3(model, data, evaluator=None, *, layers=("head",), lmd=10.0, eps=0.1, epoc
     originals = [w.detach().clone() for w in weights]
     norms = [w.norm() for w in originals]
     if warm_start:
-        generator = torch.Generator().manual_seed(seed)
+        generator = stream("d3-warm-start", seed)
         with torch.no_grad():
             for w, norm in zip(weights, norms):
                 w.copy_(torch.empty(w.shape).uniform_(-0.5, 0.5, generator=generator))

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import to_float
+from ..seeds import stream
 from .base import Defended, timed
 
 
@@ -29,7 +30,7 @@ def ibau(model, data, evaluator=None, *, rounds=5, fixed_point_steps=5, lr=1e-4,
                   batch_size=batch_size, seed=seed)
     model = copy.deepcopy(model).eval()  # BatchNorm statistics stay as they are, as in the official code
     device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(seed)
+    generator = stream("ibau-patch", seed)
     images, labels = data.images.to(device), data.labels.to(device)
     batches = [(to_float(images[i : i + batch_size]), labels[i : i + batch_size]) for i in range(0, len(labels), batch_size)]
     weights = list(model.parameters())

@@ -11,9 +11,12 @@ are added to the defense data, and the model is fine-tuned on the result.  No fl
 
 Defaults are BackdoorBench's (``defense/nc.py``, ``config/defense/nc/cifar10.yaml``): mask and
 pattern ``tanh(raw) / 2 + 0.5`` with raw values starting at 1, Adam lr 0.1 betas (0.5, 0.9),
-batch 256, up to ``reverse_epochs`` = 80 passes per class over the defense data; the cost starts
+batch 256, up to ``reverse_epochs`` = 80 passes per class over the defense data, each image under the
+training augmentation (random crop with padding 4 and flip: BackdoorBench's ``get_transform(train=True)``),
+in fp32 (BackdoorBench's ``train_step`` has no autocast, whatever the profile's precision); the cost starts
 at 1e-3 and, after ``patience`` = 5 epochs with the attack success at least 98%, doubles, after 5
-below it is divided by 2^1.5; the kept mask is the smallest one that reached 98%; a class stops
+below it is divided by 2^1.5; the kept mask is the smallest one that reached 98% (a class that never
+does keeps the mask after its first pass, as BackdoorBench's ``mask_best`` fallback does); a class stops
 early once the best norm has not improved by 1% for 25 epochs (after the cost has gone both up
 and down).  Unlearning fine-tunes every parameter with SGD lr 0.01, momentum 0.9, weight decay
 5e-4, cosine, batch 256, 100 epochs.  BackdoorBench stamps a fresh 5% subset with triggers it
@@ -29,8 +32,8 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from ..data import ImageSet, to_float
-from ..precision import autocast, resolve_precision
+from ..data import ImageSet, augment, to_float
+from ..seeds import stream
 from ..train import batches
 from .base import Defended, frozen_except, timed, tune
 
@@ -39,30 +42,30 @@ ANOMALY_THRESHOLD = 2.0
 
 
 def reverse_trigger(model, images: torch.Tensor, target: int, *, epochs: int, lr: float, batch_size: int, init_cost: float,
-                    success: float, patience: int, seed: int, precision: str) -> tuple[torch.Tensor, torch.Tensor, float]:
+                    success: float, patience: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, float]:
     """The smallest-L1 mask (1, H, W) and its pattern (3, H, W) in [0, 1] that send ``images`` to ``target``, and that norm."""
     device = next(model.parameters()).device
+    augment_stream = stream("nc-augment", seed, target, device=device)
     raw_mask = torch.ones(1, *images.shape[2:], device=device, requires_grad=True)
     raw_pattern = torch.ones(*images.shape[1:], device=device, requires_grad=True)
     optimizer = torch.optim.Adam([raw_mask, raw_pattern], lr=lr, betas=(0.5, 0.9))
-    generator = torch.Generator().manual_seed(seed)
     cost, up, down, raised, lowered = init_cost, 0, 0, False, False
     best_norm, best = float("inf"), None
-    stale, reference = 0, float("inf")
-    for _ in range(epochs):
-        hits, count, first = 0, 0, None
-        for index in batches(len(images), batch_size, device, generator):
+    stale, reference, first = 0, float("inf"), None
+    for epoch in range(epochs):
+        hits, count = 0, 0
+        for index in batches(len(images), batch_size, device, stream("nc-order", seed, target, epoch)):
             mask, pattern = torch.tanh(raw_mask) / 2 + 0.5, torch.tanh(raw_pattern) / 2 + 0.5
-            x = to_float(images[index])
-            with autocast(device, precision):
-                out = model((1 - mask) * x + mask * pattern).float()
+            x = augment(to_float(images[index]), generator=augment_stream)
+            out = model((1 - mask) * x + mask * pattern).float()
             loss = F.cross_entropy(out, torch.full((len(x),), target, device=device)) + cost * mask.sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             hits += int((out.argmax(1) == target).sum())
             count += len(x)
-            first = first if first is not None else (mask.detach().clone(), pattern.detach().clone())
+        if first is None:  # the fallback: the trigger after the first pass
+            first = (torch.tanh(raw_mask).detach() / 2 + 0.5, torch.tanh(raw_pattern).detach() / 2 + 0.5)
         rate, norm = 100 * hits / count, (torch.tanh(raw_mask) / 2 + 0.5).sum().item()
         if rate >= success and norm < best_norm:
             best_norm, best = norm, (torch.tanh(raw_mask).detach() / 2 + 0.5, torch.tanh(raw_pattern).detach() / 2 + 0.5)
@@ -76,7 +79,7 @@ def reverse_trigger(model, images: torch.Tensor, target: int, *, epochs: int, lr
             cost, up, raised = cost * 2, 0, True
         elif down >= patience:
             cost, down, lowered = cost / 2**1.5, 0, True
-    if best is None:  # never reached the success rate: the first epoch's trigger, as BackdoorBench keeps
+    if best is None:  # never reached the success rate: the trigger after the first pass, as BackdoorBench keeps
         best = first
         best_norm = first[0].sum().item()
     return best[0].cpu(), best[1].cpu(), best_norm
@@ -98,15 +101,13 @@ def nc(model, data, evaluator=None, *, reverse_epochs=80, reverse_lr=0.1, init_c
                   unlearn_ratio=unlearn_ratio, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, seed=seed)
     model = copy.deepcopy(model).eval()
     device = next(model.parameters()).device
-    precision = resolve_precision(device)
-    precision = "fp32" if precision == "fp16" else precision
     classes = int(data.labels.max()) + 1
 
     def run():
         frozen_except(model, [])
         images = data.images.to(device)
         triggers = [reverse_trigger(model, images, t, epochs=reverse_epochs, lr=reverse_lr, batch_size=batch_size, init_cost=init_cost,
-                                    success=success, patience=patience, seed=seed + t, precision=precision) for t in range(classes)]
+                                    success=success, patience=patience, seed=seed) for t in range(classes)]
         frozen_except(model, list(model.parameters()))
         norms = [norm for _, _, norm in triggers]
         index, flagged = anomaly(norms)
@@ -114,7 +115,7 @@ def nc(model, data, evaluator=None, *, reverse_epochs=80, reverse_lr=0.1, init_c
                  "flagged_anomaly_index": [round(index[t], 3) for t in flagged]}
         if not flagged:
             return [], extra
-        generator = torch.Generator().manual_seed(seed)
+        generator = stream("nc-unlearn-share", seed)
         stamped = []
         for t in flagged:  # each flagged trigger on its own random share of the data, labels kept
             mask, pattern = triggers[t][0], triggers[t][1]

@@ -94,7 +94,7 @@ def nft(model, data, evaluator=None, *, steps=1000, lr=0.05, momentum=0.95, min_
     lr_schedule = (lambda step: floor_ratio + (1 - floor_ratio) * 0.5 * (1 + math.cos(math.pi * step / steps))) if schedule == "cosine" else "constant"
     history, seconds = timed(lambda: tune(model, data, masks, steps=steps, epochs=0, lr=lr, momentum=momentum, batch_size=batch_size,
                                           schedule=lr_schedule, loss_fn=loss_fn, after_step=clamp, evaluator=evaluator,
-                                          seed=seed, progress=progress, desc="nft"))
+                                          seed=seed, replacement=True, progress=progress, desc="nft"))
     final_masks = [m.detach().cpu().clone() for m in masks]
     for norm in norms:
         parametrize.remove_parametrizations(norm, "weight", leave_parametrized=True)
