@@ -28,11 +28,10 @@ COMPARED_RUN = {("D3", "ft"): BACKDOORBENCH_FT_ROW}
 CONFIGURATION = {
     ("D3", "ft"): "BackdoorBench's FT: 5% of the data, 100 epochs, batch 256, weight decay 5e-4",
     ("FST", "ft_sam"): "FST's FT+SAM: SAM in FST's own FT (its appendix), not BackdoorBench's FT-SAM that ours is",
-    ("FST", "ft"): "FST's FT: 2% of the data, 10 epochs",
-    **{("NFT", name): "NFT's configuration for it is in its supplementary, not available here; NFT's victims are "
-                      "ResNet-18s trained 250 epochs on its own triggers, its defense data 1% held out"
-       for name in ("anp", "ibau", "ft_sam", "rnp")},
+    **{("NFT", name): "NFT's configuration for it is in its supplementary, not available here" for name in ("anp", "ibau", "ft_sam", "rnp")},
 }
+# What every cell of a paper shares and our runs do not (notebook 03 runs NFT's own triggers).
+PAPER_SETUP = {"NFT": "NFT's victims: ResNet-18s trained 250 epochs on its own triggers; its defense data 1% held out"}
 
 
 def compared_run(paper: str, defense: str) -> str:
@@ -43,7 +42,7 @@ def compared_run(paper: str, defense: str) -> str:
 def configuration_note(paper: str, defense: str, profile, run_params: dict | None = None) -> str:
     """How the published cell's configuration relates to our run's: what the paper ran where it differs from
     our default, and where the profile cuts the budget (``run_params``: a cut of our own, by name)."""
-    notes = [CONFIGURATION[(paper, defense)]] if (paper, defense) in CONFIGURATION else []
+    notes = [note for note in (CONFIGURATION.get((paper, defense)), PAPER_SETUP.get(paper)) if note]
     cut = {**profile.defense_params(defense), **(run_params or {})} if defense != "none" else {}
     if cut:
         notes.append(f"ours cut at profile {profile.name}: " + ", ".join(f"{k} {v}" for k, v in cut.items()))

@@ -7,8 +7,10 @@
     python scripts/measure_fidelity.py rnp                # RNP at both batch sizes, three pruning rules
     python scripts/measure_fidelity.py nft                # NFT on NFT's own triggers, and with the triggered-image oracle
     python scripts/measure_fidelity.py ft-backdoorbench   # BackdoorBench's FT (D3's FT cells) beside FST's
+    python scripts/measure_fidelity.py published-configs  # which published cells ran another configuration than ours
 
-Each section prints a Markdown table and writes it to ``figures/fidelity/<section>.md`` with the
+Each section prints a Markdown table and writes it to ``figures/fidelity/<section>.md`` (``nc_passes_<P>.md``
+for ``nc``) with the
 processor and thread count it ran on.  Victims come from the zoo (trained when missing); defense runs
 that go through ``defend`` are cached like every other.
 """
@@ -147,7 +149,7 @@ def nc(args) -> None:
                                **{"median mask L1": sorted(extra["mask_l1"])[len(extra["mask_l1"]) // 2],
                                   "target's mask L1": extra["mask_l1"][victim.attack.target]}))
         print(table(rows[-1:]), flush=True)
-    write("nc", "Neural Cleanse on BadNets-10% (target 0) at several reverse-engineering budgets (passes per class over "
+    write("nc_passes_" + "_".join(map(str, args.passes)), "Neural Cleanse on BadNets-10% (target 0) at several reverse-engineering budgets (passes per class over "
           "the 2,500 defense images; BackdoorBench's is 80), with augmentation, fp32 and the first-pass fallback.", rows)
 
 
@@ -181,9 +183,7 @@ def nft(args) -> None:
             rows.append(victim_row(victim, **labels, defense="none"))
             rows.append(result_row(defend(victim, "nft"), **labels, defense="NFT"))
             rows.append(result_row(defend(victim, "nft", triggered_oracle=True), **labels, defense="NFT, oracle: triggered images, true labels"))
-            rows.append(result_row(defend(victim, "nft", triggered_oracle=True, mixup=False), **labels,
-                                   defense="NFT without MixUp, oracle"))
-            print(table(rows[-4:]), flush=True)
+            print(table(rows[-3:]), flush=True)
     write("nft", "NFT on NFT's own triggers (checkerboard corner blended at 0.6; uniform noise blended at 0.2; poisons from the "
           "other classes) and on BackdoorBench's, and the same masks tuned on the defense images with the trigger stamped "
           "and their true labels kept, an oracle no defender has.", rows)
@@ -203,8 +203,30 @@ def ft_backdoorbench(args) -> None:
     write("ft_backdoorbench", "FST's FT (our `ft`) and BackdoorBench's (D3's FT cells), on the same victims.", rows)
 
 
+def published_configs(args) -> None:
+    """Every (paper, defense) with published CIFAR-10 cells in a main table, the run of ours each is set beside,
+    and how their configurations differ at the cpu profile."""
+    from purify_lib import paper_tables
+
+    frame = paper_tables.load()
+    profile = get_profile("cpu")
+    names = {published: ours for ours, spelled in paper_tables.DEFENSE_NAMES.items() for published in spelled}
+    cells = frame[(frame["dataset"] == "CIFAR-10") & frame["metric"].isin(["ACC", "ASR"]) & frame["setting"].isna()]
+    rows = []
+    for (paper, table_name, defense), part in cells.groupby(["paper", "table", "defense"]):
+        ours = names.get(defense)
+        if ours is None or ours == "none":
+            continue
+        compared = paper_tables.compared_run(paper, ours)
+        cut = {"epochs": 20} if compared == paper_tables.BACKDOORBENCH_FT_ROW else None  # notebook 06's cpu default
+        rows.append({"paper": paper, "table": table_name, "published defense": defense, "our run": compared, "cells": len(part) // 2,
+                     "configuration": paper_tables.configuration_note(paper, ours, profile, cut)})
+    write("published_configs", "Each published defense column beside the run of ours it is compared with, and how the "
+          "configurations differ at the cpu profile (`paper_tables.configuration_note`).", rows)
+
+
 SECTIONS = {"victims": victims, "badnets1": badnets1, "defense-data": defense_data, "nc": nc, "rnp": rnp, "nft": nft,
-            "ft-backdoorbench": ft_backdoorbench}
+            "ft-backdoorbench": ft_backdoorbench, "published-configs": published_configs}
 
 
 def main(argv=None) -> int:

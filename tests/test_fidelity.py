@@ -153,6 +153,7 @@ def test_published_cells_sit_beside_the_run_of_their_configuration():
     assert paper_tables.configuration_note("D3", "nad", cpu) == "same configuration"
     assert "reverse_epochs" in paper_tables.configuration_note("D3", "nc", cpu)
     assert "not available" in paper_tables.configuration_note("NFT", "rnp", cpu)
+    assert "250 epochs" in paper_tables.configuration_note("NFT", "nft", cpu)
 
 
 def test_not_learned_victims_are_marked_in_tables_and_labels(tmp_path):
