@@ -79,7 +79,7 @@ primary = victims_by_set[s["triggers"][0]]
 # On the first trigger set's victims. The MixUp loss is NFT's training objective on the clean defense data
 # (mean over each pass, L1 term included); the ideal loss is measured on triggered test images against
 # their true labels, at the evaluation points of the run (under the `cpu` profile the points along the
-# way use the first 2,000 test images, the last point all of them). Without MixUp (plain cross-entropy
+# way use a seeded random 2,000 of the test images, the last point all of them). Without MixUp (plain cross-entropy
 # on the same masks) is drawn beside it.
 
 # %%

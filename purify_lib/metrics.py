@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from .data import ImageSet, to_float
 from .precision import autocast
+from .seeds import stream
 
 
 def pick_device(device=None) -> torch.device:
@@ -82,7 +83,8 @@ class Evaluator:
     """ACC/ASR/RA of any model on one test set, with the triggered set built once.
 
     ``progress_size``: an evaluation a training loop makes along the way (``final=False``) uses
-    only the first ``progress_size`` test images and triggered images, so that a curve costs a
+    only ``progress_size`` test images and triggered images, a seeded random share of each (not the
+    first ones, as before: the test set is stored class by class, so those were two classes), so that a curve costs a
     fraction of the final numbers, which always use every test image.  ``None``: all, always.
     """
 
@@ -91,8 +93,9 @@ class Evaluator:
         self.triggered = triggered_test_set(test, attack) if attack is not None else None
         self.quick = None
         if progress_size is not None and progress_size < len(test):
-            head = lambda images: images.subset(torch.arange(min(progress_size, len(images))))  # noqa: E731
-            self.quick = (head(test), head(self.triggered) if self.triggered is not None else None)
+            share = lambda images: images.subset(  # noqa: E731
+                torch.randperm(len(images), generator=stream("progress-eval", len(images)))[:progress_size].sort().values)
+            self.quick = (share(test), share(self.triggered) if self.triggered is not None else None)
 
     def __call__(self, model, final: bool = True) -> dict[str, float]:
         test, triggered = (self.test, self.triggered) if final or self.quick is None else self.quick

@@ -170,7 +170,7 @@ def rnp(args) -> None:
                              "seconds": result.seconds})
                 print(table(rows[-1:]), flush=True)
     write("rnp", "RNP with the papers' defense data (500 training images), BackdoorBench's batch 256 and the official code's 128; "
-          "ACC/ASR on the whole test set after unlearning, after recovery (first 2,000 test images) and pruned by each rule "
+          "ACC/ASR on the whole test set after unlearning, after recovery and pruned by each rule "
           "from the same masks.", rows)
 
 

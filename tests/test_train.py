@@ -36,7 +36,8 @@ def test_metrics_on_constant_predictors(images):
     assert abs(always_three["ra"] - 100 / 9) < 1e-4  # class 3 is one of the nine non-target classes
 
 
-def test_evaluations_along_the_way_use_the_first_test_images_and_the_final_one_all(images):
+def test_evaluations_along_the_way_use_a_random_share_of_the_test_images_and_the_final_one_all(images):
+    from purify_lib.data import ImageSet
     from purify_lib.defenses.base import tune
 
     attack = make_attack("badnets")
@@ -45,9 +46,13 @@ def test_evaluations_along_the_way_use_the_first_test_images_and_the_final_one_a
     always_three = Constant(3)
     assert evaluator(always_three) == Evaluator(images, attack)(always_three)  # final: every image
     quick = evaluator(always_three, final=False)
-    assert quick["acc"] == pytest.approx(100 * (images.labels[:size] == 3).float().mean().item())
-    triggered = evaluator.triggered.labels[:size]
-    assert quick["ra"] == pytest.approx(100 * (triggered == 3).float().mean().item())
+    share, triggered = evaluator.quick
+    assert len(share) == size and len(triggered) == size
+    assert quick["acc"] == pytest.approx(100 * (share.labels == 3).float().mean().item())
+    assert quick["ra"] == pytest.approx(100 * (triggered.labels == 3).float().mean().item())
+    # a test set stored class by class (as the ImageFolder sources are): the share still spans the classes
+    by_class = ImageSet(images.images, images.labels.sort().values)
+    assert Evaluator(by_class, progress_size=40).quick[0].labels.unique().numel() == 10
     # tune marks only its last evaluation final
     calls = []
     model = make_model("preactresnet18", 10, width=4)

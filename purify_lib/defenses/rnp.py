@@ -102,7 +102,7 @@ def rnp(model, data, evaluator=None, *, clean_threshold=0.2, unlearn_lr=0.01, un
                  progress=progress, desc="rnp unlearn")
         except _Unlearned as done:
             epochs_run = done.args[0]
-        stages = {"unlearned": evaluator(unlearned, final=False)} if evaluator is not None else {}
+        stages = {"unlearned": evaluator(unlearned)} if evaluator is not None else {}  # on the whole test set
         device = next(unlearned.parameters()).device
         masks = []
         for norm in batch_norms(unlearned):
@@ -113,7 +113,7 @@ def rnp(model, data, evaluator=None, *, clean_threshold=0.2, unlearn_lr=0.01, un
              loss_fn=lambda net, x, y: alpha * F.cross_entropy(net(x), y), after_step=lambda net: [m.clamp_(0, 1) for m in masks],
              seed=seed, progress=progress, desc="rnp recover")
         if evaluator is not None:
-            stages["recovered"] = evaluator(unlearned.eval(), final=False)
+            stages["recovered"] = evaluator(unlearned.eval())
         rule = {"threshold": threshold} if pruning_by == "threshold" else {"number": number}
         pruned_model, pruned = prune_by_masks(original, [m.detach() for m in masks], **rule)
         return pruned_model, {"unlearn_epochs": epochs_run, "pruned": pruned, "channels": sum(len(m) for m in masks),
