@@ -40,7 +40,8 @@ NFT_TRIGGERS = {"variant": "nft", "pool": "non_target"}
 
 def header() -> str:
     m = machine()
-    return f"Processor {m['cpu']}, {m['threads']} threads, torch {m['torch']}; profile cpu."
+    return (f"Processor {m['cpu']}; this script ran with {m['threads']} torch threads (a victim's own are in its row), "
+            f"torch {m['torch']}; profile cpu.")
 
 
 def table(rows: list[dict]) -> str:
@@ -71,7 +72,7 @@ def result_row(result, **labels) -> dict:
 def victims(args) -> None:
     rows = []
     for attack, rate in (("badnets", 0.1), ("badnets", 0.01), ("blended", 0.01), ("blended", 0.1)):
-        rows.append(victim_row(get_victim(attack, rate, "cpu", progress=False), attack=attack, rate=rate))
+        rows.append(victim_row(get_victim(attack, rate, "cpu", progress=False), attack=attack, rate=f"{rate:g}"))
     write("victims", "Victims after the fidelity fixes (one stream per random draw; all 50,000 training images). "
           "The old ones (one stream; 47,500 images) are in `figures/victims_cpu_zoo_format2.md`.", rows)
 
