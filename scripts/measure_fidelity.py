@@ -4,6 +4,7 @@
     python scripts/measure_fidelity.py badnets1           # BadNets-1%: the poison pool and the final BatchNorm, one recipe
     python scripts/measure_fidelity.py defense-data       # FT, FST, NFT, D3: defense data from the training set or held out
     python scripts/measure_fidelity.py nc                 # Neural Cleanse's detection at several reverse-engineering budgets
+    python scripts/measure_fidelity.py nc-before --passes 5  # the NC code before the fixes, same victim and data
     python scripts/measure_fidelity.py rnp                # RNP at both batch sizes, three pruning rules
     python scripts/measure_fidelity.py nft                # NFT on NFT's own triggers, and with the triggered-image oracle
     python scripts/measure_fidelity.py ft-backdoorbench   # BackdoorBench's FT (D3's FT cells) beside FST's
@@ -154,6 +155,39 @@ def nc(args) -> None:
           "the 2,500 defense images; BackdoorBench's is 80), with augmentation, fp32 and the first-pass fallback.", rows)
 
 
+NC_BEFORE = "2db94c8"  # the last commit before the NC fixes
+
+
+def nc_before(args) -> None:
+    """The NC code as it was before the fixes (read from git), on the same victim and data, at the cpu budget."""
+    import importlib.util
+    import subprocess
+    import sys
+    import tempfile
+
+    from purify_lib.defenses import DEFAULT_FRACTION
+
+    source = subprocess.run(["git", "show", f"{NC_BEFORE}:purify_lib/defenses/nc.py"], capture_output=True, text=True, check=True).stdout
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as handle:
+        handle.write(source)
+    spec = importlib.util.spec_from_file_location("purify_lib.defenses._nc_before", handle.name)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    victim = get_victim("badnets", 0.1, "cpu", progress=False)
+    evaluator = Evaluator(victim.splits.test, victim.attack, victim.profile.progress_eval_size)
+    rows = []
+    for passes in args.passes:
+        result = module.nc(victim.model, victim.splits.defense_data(DEFAULT_FRACTION), evaluator, reverse_epochs=passes,
+                           **{k: v for k, v in victim.profile.defense_params("nc").items() if k != "reverse_epochs"})
+        extra = result.extra
+        rows.append(result_row(result, code=f"before ({NC_BEFORE})", passes=passes, flagged=extra["flagged"],
+                               **{"anomaly index": extra["anomaly_index"], "median mask L1": sorted(extra["mask_l1"])[len(extra["mask_l1"]) // 2],
+                                  "target's mask L1": extra["mask_l1"][victim.attack.target]}))
+    write("nc_before", f"Neural Cleanse as the code was at {NC_BEFORE} (no augmentation, bf16, the last pass's fallback mask) "
+          "on the same BadNets-10% victim and defense data as `nc_passes_*.md`.", rows)
+
+
 def rnp(args) -> None:
     rows = []
     for attack in ("badnets", "blended"):
@@ -226,7 +260,7 @@ def published_configs(args) -> None:
           "configurations differ at the cpu profile (`paper_tables.configuration_note`).", rows)
 
 
-SECTIONS = {"victims": victims, "badnets1": badnets1, "defense-data": defense_data, "nc": nc, "rnp": rnp, "nft": nft,
+SECTIONS = {"victims": victims, "badnets1": badnets1, "defense-data": defense_data, "nc": nc, "nc-before": nc_before, "rnp": rnp, "nft": nft,
             "ft-backdoorbench": ft_backdoorbench, "published-configs": published_configs}
 
 
