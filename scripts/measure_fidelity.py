@@ -59,10 +59,10 @@ def write(section: str, intro: str, rows: list[dict]) -> None:
     print(text, flush=True)
 
 
-def victim_row(victim, **labels) -> dict:
-    m = victim.metrics
-    return {**labels, "ACC": m["acc"], "ASR": m["asr"], "minutes": victim.record["train_seconds"] / 60,
-            "threads": victim.record["versions"]["threads"], "backdoored": "yes" if victim.backdoored else "NO"}
+def victim_row(zoo_victim, **labels) -> dict:
+    m = zoo_victim.metrics
+    return {**labels, "ACC": m["acc"], "ASR": m["asr"], "minutes": zoo_victim.record["train_seconds"] / 60,
+            "threads": zoo_victim.record["versions"]["threads"], "backdoored": "yes" if zoo_victim.backdoored else "NO"}
 
 
 def result_row(result, **labels) -> dict:
