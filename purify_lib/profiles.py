@@ -65,16 +65,16 @@ class Profile:
 # PAD-FT took on the cpu SIG-5% victim with one thread, and notebook 05 runs it at several N_c.
 # A defense's evaluations along the way (its curves) use 2,000 test images, its final numbers all
 # 10,000: with six full evaluations FT spent about 30 of its 40 seconds evaluating (two threads).
-# FP takes 20 of BackdoorBench's 100 epochs, as D3 does.  NC reverse-engineers with 5 of its 80 passes
-# per class (a pass over the 2,500 images is 10 steps of batch 256, and ten classes make 100 steps a pass:
-# 0.3 s a step measured at width 8 on one shared thread, so 80 passes would take most of an hour a
-# victim) and unlearns for 10 epochs; SAU runs 5 of its 100 rounds (each of its steps is 5 PGD steps
-# through two models and an update, about 13 passes of a batch of 256).
+# FP takes 20 of BackdoorBench's 100 epochs, as D3 does.  NC reverse-engineers with 20 of its 80 passes
+# per class, the fewest at which its cost schedule acts (it first raises the cost after 5 passes at 98%
+# success; at 5 passes no mask had shrunk and every class's norm sat near its start,
+# figures/fidelity/nc_passes_5_20.md), and unlearns for 10 epochs; SAU runs 5 of its 100 rounds (each
+# of its steps is 5 PGD steps through two models and an update, about 13 passes of a batch of 256).
 # RNP keeps its own short budget.
 CPU_DEFENSES = {
     "d3": {"epochs": 20},
     "fp": {"epochs": 20},
-    "nc": {"reverse_epochs": 5, "epochs": 10},
+    "nc": {"reverse_epochs": 20, "epochs": 10},
     "sau": {"epochs": 5},
     "pad_ft": {"epochs": 20},
     "ft_sam": {"epochs": 10},
