@@ -58,7 +58,7 @@ PAPERS = ["fst", "nft", "d3", "pad_ft"]
 DEFAULTS = {
     "smoke": dict(victims=["blended:0.1"], defenses=["ft", "lp", *PAPERS, "fp", "nc", "sau", "rnp"], backdoorbench_ft_epochs=2),
     # Adaptive-Blend is left out of the cpu rows: at 1% (with as many covers), above the paper's 0.3%, the cpu recipe
-    # did not learn it (ASR 17.6%, figures/victims_cpu.md), and purifying a victim without a backdoor shows nothing.
+    # did not learn it (ASR 17.6%, figures/victims_cpu_zoo_format2.md), and purifying a victim without a backdoor shows nothing.
     "cpu": dict(victims=["badnets:0.1", "blended:0.1", "sig:0.05", "blended:0.05", "blended:0.01",
                          "iad:0.1", "ssba:0.1", "trojannn:0.1"],
                 defenses=["ft", "lp", "fe_tuning", "ft_init", *PAPERS, "mmbd", "fp", "nc", "sau", "rnp"], backdoorbench_ft_epochs=20),
