@@ -211,7 +211,7 @@ def rnp(args) -> None:
 
 def nft(args) -> None:
     rows = []
-    for attack in ("badnets", "blended"):
+    for attack in args.nft_attacks:
         for triggers, params in (("NFT's", NFT_TRIGGERS), ("BackdoorBench's", {})):
             victim = get_victim(attack, 0.1, "cpu", attack_params=params, progress=False)
             labels = {"victim": f"{attack} 0.1", "triggers": triggers}
@@ -268,6 +268,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sections", nargs="+", help=f"any of {', '.join(SECTIONS)}")
     parser.add_argument("--passes", type=int, nargs="+", default=[5, 20], help="nc: reverse-engineering passes per class")
+    parser.add_argument("--nft-attacks", nargs="+", default=["badnets", "blended"], choices=["badnets", "blended"],
+                        help="nft: the attacks whose NFT and BackdoorBench trigger sets are compared")
     parser.add_argument("--ft-epochs", type=int, nargs="+", default=[20, 100], help="ft-backdoorbench: epochs of BackdoorBench's FT")
     args = parser.parse_args(argv)
     unknown = [s for s in args.sections if s not in SECTIONS]
