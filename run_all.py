@@ -16,6 +16,7 @@ per notebook and grid point instead; only the ones not yet done are submitted.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from anywhere wi
 
 from purify_lib import runner  # noqa: E402
 from purify_lib.cli import run_cli  # noqa: E402
+from purify_lib.errors import PurifyError  # noqa: E402
 
 EXECUTORS = ("inline", "local", "slurm")
 PARTS = runner.BREAKDOWN
@@ -87,8 +89,15 @@ def run_submitit(tasks, profile, parameters, force, args) -> list[dict]:
     executor = submitit.AutoExecutor(folder=logs / "%j", cluster=args.executor)
     executor.update_parameters(name=f"purify-{profile}", timeout_min=args.time, cpus_per_task=args.cpus, gpus_per_node=args.gpus,
                                mem_gb=args.mem, slurm_partition=args.partition, slurm_array_parallelism=args.parallel)
-    names, points = [name for name, _ in pending], [point for _, point in pending]
-    jobs = executor.map_array(runner.execute, names, [profile] * len(pending), [parameters] * len(pending), points, [force] * len(pending))
+    if args.executor == "local" and args.gpus:
+        # submitit's local executor shows every job GPUs 0..gpus-1; give each job GPUs of its own, in turn
+        jobs, count = [], local_gpu_count()
+        for index, (name, point) in enumerate(pending):
+            executor.update_parameters(local_visible_gpus=[(index * args.gpus + k) % count for k in range(args.gpus)])
+            jobs.append(executor.submit(runner.execute, name, profile, parameters, point, force))
+    else:
+        names, points = [name for name, _ in pending], [point for _, point in pending]
+        jobs = executor.map_array(runner.execute, names, [profile] * len(pending), [parameters] * len(pending), points, [force] * len(pending))
     print(f"submitted {len(jobs)} job(s) to {args.executor} ({', '.join(job.job_id for job in jobs)}); logs in {logs}", flush=True)
     for job in submitit.helpers.as_completed(jobs):
         name, point = pending[jobs.index(job)]
@@ -101,6 +110,35 @@ def run_submitit(tasks, profile, parameters, force, args) -> list[dict]:
         results.append(result)
         progress(len(results), len(tasks), result)
     return results
+
+
+def local_gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def check_cluster(args) -> None:
+    """Refuse, before anything is submitted, the cluster settings that would stop or misdirect every job."""
+    if args.executor == "inline":
+        return
+    from purify_lib.profiles import PROFILES, default_profile_name
+
+    if args.profile is None:
+        raise PurifyError(f"--executor {args.executor} needs --profile ({', '.join(PROFILES)}): the default would be chosen on this "
+                          f"host ({default_profile_name()} here), not where the jobs run")
+    if args.gpus < 0:
+        raise PurifyError(f"--gpus {args.gpus} must be 0 or more")
+    if args.executor == "slurm":
+        missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+        if missing:
+            raise PurifyError(f"--executor slurm needs Slurm's {' and '.join(missing)} on PATH, and this host has none: submit from a "
+                              "Slurm login node, or use --executor local")
+        if args.profile == "paper" and args.gpus == 0:
+            raise PurifyError("--profile paper on Slurm needs --gpus 1 or more: with --gpus 0 every job would train the paper's "
+                              "width-64, 100-epoch victims on CPUs")
+    if args.executor == "local" and args.gpus > local_gpu_count():
+        raise PurifyError(f"--gpus {args.gpus} per job, but this host has {local_gpu_count()} GPU(s)")
 
 
 def main(argv=None) -> int:
@@ -127,6 +165,7 @@ def main(argv=None) -> int:
     from purify_lib.errors import choose
 
     choose("executor", args.executor, EXECUTORS)
+    check_cluster(args)
     profile = get_profile(args.profile).name
     names = runner.select(args.only)
     parameters = runner.parse_parameters(args.parameter)

@@ -103,3 +103,70 @@ def test_same_seed_same_metrics(isolated_cache):
     second = defend(victim, "ft", epochs=2, cache=False)
     assert first.history == second.history
     assert defend(victim, "ft", epochs=2, seed=1, cache=False).history != first.history  # the seed matters
+
+
+def fake_slurm(folder: Path) -> str:
+    """A PATH holding stand-ins for Slurm's sbatch and srun (they are only looked for, never run)."""
+    bin_dir = folder / "bin"
+    bin_dir.mkdir()
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).write_text("#!/bin/sh\nexit 1\n")
+        (bin_dir / tool).chmod(0o755)
+    return str(bin_dir)
+
+
+@pytest.mark.parametrize("args, slurm, message", [
+    (["--executor", "slurm"], True, "error: --executor slurm needs --profile (smoke, cpu, paper): the default would be chosen on this host"),
+    (["--executor", "local"], False, "error: --executor local needs --profile"),
+    (["--executor", "slurm", "--profile", "cpu"], False, "error: --executor slurm needs Slurm's sbatch and srun on PATH"),
+    (["--executor", "slurm", "--profile", "paper"], True, "error: --profile paper on Slurm needs --gpus 1 or more"),
+    (["--executor", "local", "--profile", "smoke", "--gpus", "1"], False, "error: --gpus 1 per job, but this host has 0 GPU(s)"),
+])
+def test_cluster_settings_that_would_misdirect_every_job_are_refused_before_submitting(tmp_path, args, slurm, message):
+    env = {**env_for(tmp_path), "PATH": fake_slurm(tmp_path) if slurm else str(tmp_path), "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run([sys.executable, str(ROOT / "run_all.py"), *args], capture_output=True, text=True, env=env, cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(message), result.stderr
+    assert not (tmp_path / "build").exists()  # nothing was submitted or run
+
+
+def test_the_local_executor_gives_each_job_gpus_of_its_own(monkeypatch):
+    import argparse
+    import importlib.util
+
+    import submitit
+
+    spec = importlib.util.spec_from_file_location("run_all_module", ROOT / "run_all.py")
+    run_all_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_all_module)
+    submitted = []
+
+    class FakeJob:
+        def __init__(self, visible):
+            self.job_id, self.visible, self.paths = str(len(submitted)), visible, None
+
+        def result(self):
+            return {"notebook": "x", "status": "ran", "seconds": 0.0, "claims": []}
+
+    class FakeExecutor:
+        def __init__(self, folder, cluster):
+            self.parameters = {}
+
+        def update_parameters(self, **params):
+            self.parameters.update(params)
+
+        def submit(self, fn, *args):
+            submitted.append(FakeJob(list(self.parameters["local_visible_gpus"])))
+            return submitted[-1]
+
+    monkeypatch.setattr(submitit, "AutoExecutor", FakeExecutor)
+    monkeypatch.setattr(submitit.helpers, "as_completed", lambda jobs: iter(jobs))
+    monkeypatch.setattr(run_all_module, "local_gpu_count", lambda: 3)
+    monkeypatch.setattr(run_all_module, "progress", lambda *args: None)
+    args = argparse.Namespace(executor="local", gpus=1, time=10, cpus=1, mem=1, partition=None, parallel=4)
+    tasks = [(name, {}) for name in ("01_fine_tuning", "02_feature_shift", "03_nft_mixup", "04_distance")]
+    run_all_module.run_submitit(tasks, "paper", {}, True, args)
+    assert [job.visible for job in submitted] == [[0], [1], [2], [0]]
+    submitted.clear()
+    run_all_module.run_submitit(tasks[:2], "paper", {}, True, argparse.Namespace(**{**vars(args), "gpus": 2}))
+    assert [job.visible for job in submitted] == [[0, 1], [2, 0]]
