@@ -24,13 +24,12 @@ import warnings
 from pathlib import Path
 
 import torch
-from filelock import FileLock
 
 from .defenses import DATA_FRACTION, DEFAULT_FRACTION, DEFENSES, NEEDS_POISONED_DATA, TEST_SPLIT_PER_CLASS, Defended, parameters_of, purify
 from .defenses.mmbd import insert_clips
 from .data import ImageSet
 from .errors import PurifyError, choose
-from .files import load_checkpoint, save_checkpoint
+from .files import load_checkpoint, locked, save_checkpoint
 from .metrics import Evaluator
 from .precision import resolve_precision
 from .profiles import get_profile
@@ -82,7 +81,7 @@ def cached_defense(victim, name: str, settings: dict, data_spec: dict, evaluate,
     label = f"{Path(victim.path).stem}--{name}-{key}"
     weights, record_path = folder / f"{label}.pt", folder / f"{label}.json"
     folder.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder / f"{label}.lock")):
+    with locked(folder / f"{label}.lock"):
         if record_path.exists():
             model = copy.deepcopy(victim.model).cpu()
             if name in CLIPPED:

@@ -1,11 +1,56 @@
-"""Atomic file writes and content hashes, shared by the data cache and the victim zoo."""
+"""Atomic file writes, content hashes and the one file lock, shared by the data cache, the victim zoo,
+the defense cache and the figures' manifest."""
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import os
 import tempfile
+import warnings
 from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from .errors import PurifyError
+
+LOCK_TIMEOUT_ENV = "PURIFY_LOCK_TIMEOUT"
+DEFAULT_LOCK_TIMEOUT = 12 * 3600  # seconds: longer than any one victim or defense takes to compute while others wait
+
+
+def lock_timeout() -> float:
+    value = os.environ.get(LOCK_TIMEOUT_ENV)
+    try:
+        timeout = float(value) if value else DEFAULT_LOCK_TIMEOUT
+    except ValueError:
+        raise PurifyError(f"{LOCK_TIMEOUT_ENV}={value!r} must be a number of seconds") from None
+    if not timeout > 0:
+        raise PurifyError(f"{LOCK_TIMEOUT_ENV}={value!r} must be a number of seconds above 0")
+    return timeout
+
+
+@contextlib.contextmanager
+def locked(path: Path, timeout: float | None = None):
+    """Hold the exclusive lock ``path`` for the block: one job computes a victim or a defense while the
+    others wait for it and then load it.
+
+    ``flock`` where the filesystem has it (the kernel drops it when a job dies, however it dies); where
+    it does not (some cluster filesystems), filelock's soft lock, a marker file naming its holder's host
+    and process, which a later job breaks when that process is gone.  Either way a wait ends after
+    ``timeout`` seconds (default ``$PURIFY_LOCK_TIMEOUT``, else 12 hours) with an error naming the lock file.
+    """
+    timeout = lock_timeout() if timeout is None else timeout
+    lock = FileLock(str(path), timeout=timeout)
+    with warnings.catch_warnings():  # the soft fallback warns on every acquisition; the docstring says it once
+        warnings.filterwarnings("ignore", message="flock not supported on this filesystem")
+        try:
+            lock.acquire()
+        except Timeout:
+            raise PurifyError(f"waited {timeout:g} s for the lock {path}: another job holds it. If none is running (a job on "
+                              f"another host was killed while it held it), delete the file; {LOCK_TIMEOUT_ENV} sets the wait") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @contextlib.contextmanager

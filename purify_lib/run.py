@@ -15,11 +15,10 @@ import json
 import time
 
 import pandas as pd
-from filelock import FileLock
 
 from . import plots
 from .defend import code_digest, defend
-from .files import atomic_path
+from .files import atomic_path, locked
 from .metrics import der, pick_device
 from .profiles import get_profile
 from .report import Claims, figures_dir, run_record, victim_name
@@ -101,7 +100,7 @@ class Run:
         """Say which notebook, profile and commit made each file, in ``manifest.json`` beside them."""
         manifest = self.figures / "manifest.json"
         record = self.record()
-        with FileLock(str(self.figures / ".manifest.lock")):
+        with locked(self.figures / ".manifest.lock"):
             entries = json.loads(manifest.read_text()) if manifest.exists() else {}
             for path in paths:
                 entries[path.name] = {"notebook": self.notebook, "profile": self.profile.name, "commit": record["commit"]}

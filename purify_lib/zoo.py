@@ -20,12 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from filelock import FileLock
 
 from .attacks import Attack, Poisoned, make_attack
 from .data import ImageSet, Splits, cache_dir, load_dataset, make_splits
 from .errors import PurifyError
-from .files import atomic_path, load_checkpoint, load_tensors, save_checkpoint, save_tensors
+from .files import atomic_path, load_checkpoint, load_tensors, locked, save_checkpoint, save_tensors
 from .metrics import evaluate, pick_device, triggered_test_set
 from .models import make_model
 from .precision import resolve_precision
@@ -137,7 +136,7 @@ def get_victim(attack: str | None = "badnets", poison_rate: float = 0.1, profile
     folder.mkdir(parents=True, exist_ok=True)
     weights, record_path = folder / f"{label}.pt", folder / f"{label}.json"
 
-    with FileLock(str(folder / f"{label}.lock")):
+    with locked(folder / f"{label}.lock"):
         if attack_obj is not None and attack_obj.asset_config() is not None:
             _attach_asset(attack_obj, config, splits, folder, device, progress)
         record = _load(model, weights, record_path, attack_obj)
@@ -201,7 +200,7 @@ def _attach_asset(attack: Attack, config: dict, splits: Splits, folder: Path, de
                     "reserve_fraction": config["reserve_fraction"], "train_size": config["train_size"]}
     label = f"asset-{attack.name}-{config_key(asset_config)}"
     weights, record_path = folder / f"{label}.pt", folder / f"{label}.json"
-    with FileLock(str(folder / f"{label}.lock")):
+    with locked(folder / f"{label}.lock"):
         if record_path.exists():
             try:
                 record = json.loads(record_path.read_text())
