@@ -148,7 +148,11 @@ def get_victim(attack: str | None = "badnets", poison_rate: float = 0.1, profile
             # One line per training, so a shared zoo shows what was trained, where and when.
             with open(folder / "trained.log", "a") as log:
                 log.write(f"{record['created']} {label} {record['train_seconds']}s host={platform.node()} pid={os.getpid()}\n")
-    model.to(device).eval()
+    # Loaded or trained, the same model: on the device, in the memory format training used (train.py), and
+    # an attack's trigger networks beside it, so that a cache hit computes what the miss did.
+    model.to(device, memory_format=torch.channels_last).eval()
+    if attack_obj is not None:
+        attack_obj.to(device)
     victim = Victim(model, attack_obj, poison_rate, splits, record, weights, hit, profile)
     if attack_obj is not None and not victim.backdoored:
         warnings.warn(f"victim {label} has ASR {victim.metrics['asr']:.1f}% < {MIN_ASR}%: the backdoor was not learned; "

@@ -213,3 +213,24 @@ def test_trojannn_trigger_comes_from_the_zoo_clean_model_and_is_stored(isolated_
     again = get_victim("trojannn", 0.1, recipe=tiny_recipe(), attack_params={"steps": 5}, **TINY)
     assert again.cache_hit and again.attack.clean_model is None  # the trigger came back with the victim
     assert torch.equal(again.attack.trigger, victim.attack.trigger) and again.attack.trigger.any()
+
+
+def test_a_cache_hit_is_the_model_the_miss_was(isolated_cache, monkeypatch):
+    """Same logits, same memory format (channels_last, as training leaves it), same triggers, and the attack's
+    trigger networks moved to the victim's device (on a GPU, a CPU-side generator makes other triggers)."""
+    from purify_lib.attacks.iad import IAD
+    from purify_lib.metrics import logits
+
+    moved = []
+    real_to = IAD.to
+    monkeypatch.setattr(IAD, "to", lambda self, device: moved.append(str(device)) or real_to(self, device))
+    miss = get_victim("iad", 0.1, recipe=tiny_recipe(), **TINY)
+    hit = get_victim("iad", 0.1, recipe=tiny_recipe(), **TINY)
+    assert not miss.cache_hit and hit.cache_hit and moved == ["cpu", "cpu"]
+    for victim in (miss, hit):
+        conv = next(m for m in victim.model.modules() if isinstance(m, torch.nn.Conv2d))
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+        assert next(victim.attack.nets.parameters()).device == next(victim.model.parameters()).device
+    images = miss.splits.test.images
+    assert torch.equal(logits(miss.model, images), logits(hit.model, images))
+    assert torch.equal(miss.attack.apply(images), hit.attack.apply(images))

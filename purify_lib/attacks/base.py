@@ -136,6 +136,14 @@ class Attack:
         """What building the asset measured (losses, bit accuracy), for its zoo record."""
         return {}
 
+    def to(self, device) -> "Attack":
+        """Move the networks the trigger is made with (IAD's generators, SSBA's encoder) to ``device``, so a victim
+        loaded from the zoo makes its triggers where the one trained there did."""
+        nets = getattr(self, "nets", None)
+        if isinstance(nets, torch.nn.Module):
+            nets.to(device)
+        return self
+
 
 @torch.no_grad()
 def map_in_batches(fn, images: torch.Tensor, device, batch_size: int = 500) -> torch.Tensor:
