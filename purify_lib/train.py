@@ -103,6 +103,7 @@ def train_model(model, data: ImageSet, recipe: Recipe, attack=None, poison_rate:
     # WaNet, as BackdoorBench trains it: its own augmentation after the warp replaces the recipe's before it
     augment_after = recipe.augment and controlled and attack.augments_after_poison
     for epoch in range(recipe.epochs):
+        epoch_loss = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device, read once an epoch
         for index in batches(len(labels), recipe.batch_size, device, stream("order", recipe.seed, epoch)):
             x, y = to_float(images[index]), labels[index]
             if recipe.augment and not augment_after:
@@ -123,8 +124,10 @@ def train_model(model, data: ImageSet, recipe: Recipe, attack=None, poison_rate:
             if controlled:
                 attack.after_step()
             scheduler.step()
+            epoch_loss += loss.detach()
             bar.update()
-            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", refresh=False)
+        if progress:  # the one host synchronisation of an epoch, and only for the bar
+            bar.set_postfix(epoch=epoch, loss=f"{epoch_loss.item() / steps_per_epoch:.3f}", refresh=False)
         if on_epoch is not None:
             on_epoch(epoch, model)
     bar.close()

@@ -143,3 +143,24 @@ def test_resnet18_is_the_cifar_variant_fst_and_nft_train():
     assert sum(p.numel() for p in model.parameters()) == 11_173_962
     assert model.layer1(model.stem(torch.rand(1, 3, 32, 32))).shape == (1, 64, 32, 32)
     assert (model.features(torch.rand(2, 3, 32, 32)) >= 0).all()  # a ReLU ends every block
+
+
+def test_training_and_tuning_read_the_loss_once_an_epoch_not_every_step(monkeypatch):
+    """On a GPU every ``.item()`` (and ``bool``, ``int``, ``float``, ``tolist`` of a tensor) waits for the device;
+    a 16-step epoch of ``train_model`` makes none without its progress bar, ``tune`` one (the epoch's loss)."""
+    from purify_lib.data import ImageSet
+    from purify_lib.defenses.base import tune
+
+    calls = []
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _real=real, _name=name, **k: calls.append(_name) or _real(self, *a, **k))
+    generator = torch.Generator().manual_seed(0)
+    data = ImageSet(torch.randint(0, 256, (16 * 8, 3, 32, 32), dtype=torch.uint8, generator=generator), torch.arange(128) % 10)
+    model = make_model("preactresnet18", 10, width=2)
+    poisoned = make_attack("badnets").poison(data, 0.1).data
+    calls.clear()
+    train_model(model, poisoned, Recipe(epochs=1, batch_size=8), progress=False, precision="fp32")
+    assert calls == []
+    tune(model, data, model.parameters(), epochs=1, lr=0.01, batch_size=8, precision="fp32")
+    assert calls == ["item"]

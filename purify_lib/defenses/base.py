@@ -86,7 +86,7 @@ def tune(model, data: ImageSet, params, *, epochs: int, lr: float, batch_size: i
         model.train()
         for module in frozen_eval:
             module.eval()
-        losses = []
+        loss_sum, steps_done = torch.zeros((), dtype=torch.float64, device=device), 0  # read once an epoch, not every step
         order = stream("tune-order", seed, epoch)
         drawn = ((torch.randint(0, len(labels), (batch_size,), generator=order).to(device) for _ in range(steps_per_epoch))
                  if replacement else batches(len(labels), batch_size, device, order))
@@ -109,10 +109,11 @@ def tune(model, data: ImageSet, params, *, epochs: int, lr: float, batch_size: i
                 with torch.no_grad():
                     after_step(model)
             scheduler.step()
-            losses.append(loss.item())
+            loss_sum += loss.detach()
+            steps_done += 1
             done += 1
             bar.update()
-        row = {"epoch": epoch, "loss": sum(losses) / max(len(losses), 1)}
+        row = {"epoch": epoch, "loss": loss_sum.item() / max(steps_done, 1)}
         if evaluator is not None and (epoch % eval_every == 0 or epoch == epochs):
             row.update(evaluator(model, final=epoch == epochs))
         history.append(row)
