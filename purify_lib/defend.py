@@ -154,7 +154,8 @@ def defend(victim, name: str, profile=None, evaluate: bool = True, data_fraction
         if name in NEEDS_POISONED_DATA or victim.attack is None:
             raise PurifyError(f"triggered_oracle needs a clean-data defense on a backdoored victim; got {name!r} on {victim.path.stem}")
         data = ImageSet(victim.attack.apply(data.images), data.labels, data.indices)
-    evaluator = Evaluator(victim.splits.test, victim.attack, profile.progress_eval_size) if evaluate else None
+    evaluator = Evaluator(victim.splits.test, victim.attack, profile.progress_eval_size,
+                          victim.triggered_test() if victim.attack is not None else None) if evaluate else None
     # Checked here as well as in purify, so a bad name fails before a cached entry is looked up.
     unknown = sorted(set(settings) - set(parameters_of(name)))
     if unknown:

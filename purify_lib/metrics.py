@@ -88,9 +88,10 @@ class Evaluator:
     fraction of the final numbers, which always use every test image.  ``None``: all, always.
     """
 
-    def __init__(self, test: ImageSet, attack=None, progress_size: int | None = None):
+    def __init__(self, test: ImageSet, attack=None, progress_size: int | None = None, triggered: ImageSet | None = None):
         self.test, self.attack = test, attack
-        self.triggered = triggered_test_set(test, attack) if attack is not None else None
+        # ``triggered``: the set already built (``Victim.triggered_test`` keeps one), so no call rebuilds it
+        self.triggered = triggered if triggered is not None else triggered_test_set(test, attack) if attack is not None else None
         self.quick = None
         if progress_size is not None and progress_size < len(test):
             share = lambda images: images.subset(  # noqa: E731

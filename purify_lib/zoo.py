@@ -16,7 +16,7 @@ import os
 import platform
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -54,6 +54,7 @@ class Victim:
     path: Path
     cache_hit: bool
     profile: Profile
+    _triggered: ImageSet | None = field(default=None, repr=False)
 
     @property
     def metrics(self) -> dict:
@@ -64,7 +65,11 @@ class Victim:
         return self.record["backdoored"]
 
     def triggered_test(self) -> ImageSet:
-        return triggered_test_set(self.splits.test, self.attack)
+        """The triggered test set, built on the first call and kept: a learned trigger (IAD, SSBA) costs seconds
+        per thousand images on a CPU, and every ``defend`` call on the victim evaluates on it."""
+        if self._triggered is None:
+            self._triggered = triggered_test_set(self.splits.test, self.attack)
+        return self._triggered
 
     def poisoned_train(self) -> Poisoned:
         """The poisoned training set and its poisoned indices, recomputed (poisoning is seeded).

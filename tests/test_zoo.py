@@ -234,3 +234,18 @@ def test_a_cache_hit_is_the_model_the_miss_was(isolated_cache, monkeypatch):
     images = miss.splits.test.images
     assert torch.equal(logits(miss.model, images), logits(hit.model, images))
     assert torch.equal(miss.attack.apply(images), hit.attack.apply(images))
+
+
+def test_the_triggered_test_set_is_built_once_per_victim(isolated_cache, monkeypatch):
+    from purify_lib.attacks.blended import Blended
+    from purify_lib.defend import defend
+
+    victim = get_victim("blended", 0.1, recipe=tiny_recipe(), **TINY)
+    applied = []
+    real_apply = Blended.apply
+    monkeypatch.setattr(Blended, "apply", lambda self, images: applied.append(len(images)) or real_apply(self, images))
+    defend(victim, "lp", epochs=1)
+    defend(victim, "lp", epochs=1)  # a cache hit
+    defend(victim, "ft", epochs=1)
+    assert applied == [int((victim.splits.test.labels != 0).sum())]
+    assert victim.triggered_test() is victim.triggered_test()
