@@ -8,8 +8,8 @@ fp32, and logits are cast to fp32 before victim losses and every metric.
 
 The setting is ``$PURIFY_PRECISION`` (or a ``precision=`` argument where one is taken):
 
-- ``auto`` (default): bf16 on a CPU that supports it and on a GPU that does, fp16 on an older
-  GPU, fp32 on any other CPU;
+- ``auto`` (default): bf16 on a CPU that supports it and on a GPU of compute capability 8 or
+  more, fp16 on an older GPU, fp32 on any other CPU;
 - ``bf16``, ``fp16`` or ``fp32`` forces one; forcing a precision the device lacks is an error
   raised before any work starts.
 
@@ -45,6 +45,13 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def gpu_has_bf16(device) -> bool:
+    """Native bf16 matrix units: compute capability 8.0 and up (Ampere on).  ``torch.cuda.is_bf16_supported()``
+    also says yes where bf16 is only emulated (a V100 or a T4), where it runs slower than fp16."""
+    major, _ = torch.cuda.get_device_capability(device)
+    return major >= 8
+
+
 def resolve_precision(device, precision: str | None = None) -> str:
     """``bf16``, ``fp16`` or ``fp32`` for ``device``: ``precision``, else ``$PURIFY_PRECISION``, else ``auto``."""
     setting = precision or os.environ.get(PRECISION_ENV) or "auto"
@@ -53,11 +60,12 @@ def resolve_precision(device, precision: str | None = None) -> str:
         raise PurifyError(f"{source} is not a precision; allowed: {', '.join(PRECISIONS)}")
     device = torch.device(device)
     if device.type == "cuda":
-        bf16_ok = torch.cuda.is_bf16_supported()
+        bf16_ok = gpu_has_bf16(device)
         if setting == "auto":
             return "bf16" if bf16_ok else "fp16"
         if setting == "bf16" and not bf16_ok:
-            raise PurifyError(f"{source}, but GPU {torch.cuda.get_device_name(device)} has no bf16; use fp16, fp32 or auto")
+            raise PurifyError(f"{source}, but GPU {torch.cuda.get_device_name(device)} (compute capability "
+                              f"{'.'.join(map(str, torch.cuda.get_device_capability(device)))}) has no native bf16; use fp16, fp32 or auto")
         return setting
     if setting == "auto":
         return "bf16" if cpu_has_bf16() else "fp32"

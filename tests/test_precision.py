@@ -73,3 +73,17 @@ def test_bf16_training_keeps_fp32_weights_and_close_logits(images):
     # bf16 keeps 8 significant bits: here the largest logit difference was about 1% of the logits' spread
     # (a different model's logits differ by about one spread); 5% leaves a wide margin for other kernels.
     assert (low.float() - full).abs().max() < 0.05 * full.std()
+
+
+@pytest.mark.parametrize("capability, name, chosen", [((7, 0), "Tesla V100", "fp16"), ((7, 5), "Tesla T4", "fp16"),
+                                                      ((8, 0), "A100", "bf16"), ((9, 0), "H200", "bf16")])
+def test_a_gpu_gets_bf16_only_with_native_bf16_units(monkeypatch, capability, name, chosen):
+    """torch.cuda.is_bf16_supported() also counts emulation (a V100 or T4 says yes); the compute capability decides."""
+    monkeypatch.delenv("PURIFY_PRECISION", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    assert resolve_precision("cuda:0") == chosen
+    if chosen == "fp16":
+        with pytest.raises(PurifyError, match=rf"but GPU {name} \(compute capability {capability[0]}.{capability[1]}\) has no native bf16"):
+            resolve_precision("cuda:0", "bf16")
