@@ -117,12 +117,13 @@ def train_model(model, data: ImageSet, recipe: Recipe, attack=None, poison_rate:
                 x = fgsm_rs(model, x, y, adversarial_eps, device, precision)
             with autocast(device, precision):
                 loss = F.cross_entropy(model(x).float(), y)
+            extra = attack.extra_loss() if controlled else None
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(loss if extra is None else loss + extra).backward()
             scaler.step(optimizer)
-            scaler.update()
             if controlled:
-                attack.after_step()
+                attack.after_step(scaler)
+            scaler.update()
             scheduler.step()
             epoch_loss += loss.detach()
             bar.update()

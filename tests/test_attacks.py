@@ -298,3 +298,40 @@ def test_iad_diversity_gradient_stays_finite_when_two_outputs_coincide():
     out = torch.zeros(4, 1, 8, 8, requires_grad=True)  # two saturated masks: exactly equal
     diversity(x1, x2, out, out.clone()).backward()
     assert torch.isfinite(out.grad).all()
+
+
+def test_iad_generator_steps_through_the_loss_scaler_with_the_classifier(images, monkeypatch):
+    """Under fp16 the diversity term must be scaled with the classifier's loss (one backward pass) and the
+    generator stepped through the scaler, before it updates, so a skipped step skips both."""
+    import purify_lib.train as train_module
+    from purify_lib.models import make_model
+    from purify_lib.train import Recipe, train_model
+
+    events = []
+
+    class FakeScaler:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def scale(self, loss):
+            events.append(("scale", loss.requires_grad))
+            return loss
+
+        def step(self, optimizer):
+            events.append(("step", "generator" if optimizer is attack.optimizer else "classifier"))
+            optimizer.step()
+
+        def update(self):
+            events.append(("update",))
+
+    monkeypatch.setattr(train_module.torch.amp, "GradScaler", FakeScaler)
+    attack = make_attack("iad", channels=2, mask_epochs=0, batch_size=50)
+    attack.prepare(images, "cpu")
+    seen = []
+    real_extra = attack.extra_loss
+    monkeypatch.setattr(attack, "extra_loss", lambda: seen.append(1) or real_extra())
+    train_model(make_model("preactresnet18", 10, width=2), images.subset(torch.arange(100)), Recipe(epochs=1, batch_size=50, augment=False),
+                attack, 0.2, progress=False, precision="fp32")
+    step = [("scale", True), ("step", "classifier"), ("step", "generator"), ("update",)]
+    assert events == step * 2 and len(seen) == 2
+    assert attack.extra_loss() is None  # each batch's term is taken once

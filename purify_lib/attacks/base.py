@@ -110,8 +110,14 @@ class Attack:
     def prepare(self, train: ImageSet, device) -> None:
         """Called once before the victim trains, with its clean training set (IAD pretrains its mask generator)."""
 
-    def after_step(self) -> None:
-        """Called after every optimiser step of a training-controlled attack (IAD steps its generators)."""
+    def extra_loss(self):
+        """A loss term of the attack's own for the batch just poisoned (IAD's diversity term), or ``None``: the
+        training loop adds it to the classifier's loss, so one backward pass, under one loss scale, serves both."""
+        return None
+
+    def after_step(self, scaler=None) -> None:
+        """Called after every optimiser step of a training-controlled attack, before the loss scaler updates
+        (IAD steps its generators through ``scaler``, so fp16 skips their step when it skips the classifier's)."""
 
     def state_dict(self) -> dict:
         """Tensors the trigger depends on that the attack's parameters do not fix (learned with the victim)."""

@@ -88,7 +88,7 @@ class IAD(Attack):
             self.generator, self.mask_generator = Generator(3, channels), Generator(1, channels)
         # one module for the learned state: its state dict names them "generator." and "mask."
         self.nets = nn.ModuleDict({"generator": self.generator, "mask": self.mask_generator})
-        self.optimizer = None
+        self.optimizer, self.pending_loss = None, None
 
     def params(self) -> dict:
         return {**super().params(), "cross_ratio": self.cross_ratio, "lambda_div": self.lambda_div, "lambda_norm": self.lambda_norm,
@@ -137,7 +137,7 @@ class IAD(Attack):
         if num_poison:
             x1, x2 = images[:num_poison], images.roll(1, 0)[:num_poison]
             patterns = self.generator(torch.cat([x1, x2]))
-            (self.lambda_div * diversity(x1, x2, patterns[:num_poison], patterns[num_poison:])).backward(retain_graph=True)
+            self.pending_loss = self.lambda_div * diversity(x1, x2, patterns[:num_poison], patterns[num_poison:])
             parts.append(x1 + (patterns[:num_poison] - x1) * self.mask(x1))
             labels[:num_poison] = self.target
         if num_cross:
@@ -146,8 +146,16 @@ class IAD(Attack):
         parts.append(images[num_poison + num_cross :])
         return torch.cat(parts), labels
 
-    def after_step(self) -> None:
-        self.optimizer.step()
+    def extra_loss(self):
+        """The diversity term of the batch just poisoned (its gradient reaches only ``G``), once."""
+        loss, self.pending_loss = self.pending_loss, None
+        return loss
+
+    def after_step(self, scaler=None) -> None:
+        if scaler is not None:
+            scaler.step(self.optimizer)
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
