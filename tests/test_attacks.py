@@ -335,3 +335,14 @@ def test_iad_generator_steps_through_the_loss_scaler_with_the_classifier(images,
     step = [("scale", True), ("step", "classifier"), ("step", "generator"), ("update",)]
     assert events == step * 2 and len(seen) == 2
     assert attack.extra_loss() is None  # each batch's term is taken once
+
+
+def test_iad_lets_deterministic_mode_warn_instead_of_stopping(images):
+    was = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        with pytest.warns(UserWarning, match="iad: deterministic mode switched to warn_only"):
+            make_attack("iad", channels=2, mask_epochs=0).prepare(images, "cpu")
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(was[0], warn_only=was[1])

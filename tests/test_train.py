@@ -164,3 +164,18 @@ def test_training_and_tuning_read_the_loss_once_an_epoch_not_every_step(monkeypa
     assert calls == []
     tune(model, data, model.parameters(), epochs=1, lr=0.01, batch_size=8, precision="fp32")
     assert calls == ["item"]
+
+
+@pytest.mark.parametrize("name", ["preactresnet18", "resnet18", "vgg19bn"])
+def test_models_pool_with_a_mean_that_deterministic_mode_allows(name):
+    """adaptive_avg_pool2d's CUDA backward has no deterministic kernel, so torch.use_deterministic_algorithms(True)
+    stopped every training there; a mean over the positions is the same average."""
+    model = make_model(name, 10, width=8)
+    x = torch.rand(2, 3, 32, 32)
+    graph, stack = set(), [model.features(x).grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and type(node).__name__ not in graph:
+            graph.add(type(node).__name__)
+            stack += [next_node for next_node, _ in node.next_functions]
+    assert not any("AdaptiveAvgPool" in name for name in graph), graph

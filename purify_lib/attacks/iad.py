@@ -24,6 +24,8 @@ state: the zoo stores them beside the victim.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn as nn
 
@@ -104,6 +106,11 @@ class IAD(Attack):
 
     def prepare(self, train: ImageSet, device) -> None:
         """Train the mask generator alone (norm and diversity terms), then freeze it."""
+        if torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled():
+            # the generators' bilinear upsampling has no deterministic CUDA backward: warn there rather than stop
+            warnings.warn("iad: deterministic mode switched to warn_only for this process (bilinear upsampling's CUDA "
+                          "backward has no deterministic kernel)", stacklevel=2)
+            torch.use_deterministic_algorithms(True, warn_only=True)
         self.generator.to(device)
         self.mask_generator.to(device).train()
         optimizer = torch.optim.Adam(self.mask_generator.parameters(), lr=self.lr, betas=(0.5, 0.9))
