@@ -60,7 +60,24 @@ def machine() -> dict:
     if cpuinfo.exists():
         cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")), cpu)
     return {"python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform(),
-            "cpu": cpu, "threads": torch.get_num_threads()}
+            "cpu": cpu, "threads": torch.get_num_threads(), **gpu_facts()}
+
+
+def gpu_facts() -> dict:
+    """The GPU, CUDA, cuDNN and driver a run used (empty without a GPU).  On a GPU a seed gives the same
+    weights only with the same device, CUDA, cuDNN and driver, and not even then unless cuDNN's choice of
+    algorithms is fixed (``torch.backends.cudnn.benchmark`` off, deterministic mode on)."""
+    if not torch.cuda.is_available():
+        return {}
+    facts = {"gpu": torch.cuda.get_device_name(), "gpu_capability": ".".join(map(str, torch.cuda.get_device_capability())),
+             "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
+    try:
+        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip().splitlines()
+        facts["driver"] = driver[0] if driver else None
+    except (OSError, subprocess.SubprocessError):
+        facts["driver"] = None
+    return facts
 
 
 def victim_name(victim) -> str:
