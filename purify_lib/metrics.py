@@ -10,16 +10,21 @@ from .seeds import stream
 
 
 def pick_device(device=None) -> torch.device:
-    """``device`` as given, else CUDA when present, else the CPU."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """``device`` as given, else CUDA when present, else the CPU.  On CUDA it also turns on what every
+    run there wants: cuDNN's autotuner (the shapes repeat every batch) and TF32 for the fp32 parts
+    (I-BAU's hypergradients, LC's PGD, IAD's and SSBA's networks)."""
+    chosen = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device in (None, "auto") else torch.device(device)
+    if chosen.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.set_float32_matmul_precision("high")  # TF32 matrix products
+        torch.backends.cudnn.allow_tf32 = True
+    return chosen
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def logits(model, images: torch.Tensor, batch_size: int = 1000, precision: str | None = None) -> torch.Tensor:
     """Float logits for uint8 images, computed on the model's device (under ``precision``'s
-    autocast), returned in fp32 on the CPU."""
+    autocast), returned in fp32 where the images are (so they meet their labels there)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -27,15 +32,15 @@ def logits(model, images: torch.Tensor, batch_size: int = 1000, precision: str |
     for start in range(0, len(images), batch_size):
         batch = to_float(images[start : start + batch_size].to(device)).contiguous(memory_format=torch.channels_last)
         with autocast(device, precision):
-            outputs.append(model(batch).float().cpu())
+            outputs.append(model(batch).float().to(images.device))
     model.train(was_training)
     return torch.cat(outputs) if outputs else torch.empty(0, 0)
 
 
 def predict(model, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Predicted labels for uint8 images, on the model's device, returned on the CPU."""
+    """Predicted labels for uint8 images, on the model's device, returned where the images are."""
     if len(images) == 0:
-        return torch.empty(0, dtype=torch.long)
+        return torch.empty(0, dtype=torch.long, device=images.device)
     return logits(model, images, batch_size).argmax(1)
 
 

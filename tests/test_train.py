@@ -179,3 +179,33 @@ def test_models_pool_with_a_mean_that_deterministic_mode_allows(name):
             graph.add(type(node).__name__)
             stack += [next_node for next_node, _ in node.next_functions]
     assert not any("AdaptiveAvgPool" in name for name in graph), graph
+
+
+def test_cuda_runs_turn_on_cudnn_autotuning_and_tf32(monkeypatch):
+    from purify_lib.metrics import pick_device
+
+    for flag in ("benchmark", "allow_tf32"):
+        monkeypatch.setattr(torch.backends.cudnn, flag, False)
+    matmul = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        assert pick_device("cpu").type == "cpu" and not torch.backends.cudnn.benchmark
+        assert torch.get_float32_matmul_precision() == "highest"
+        assert pick_device("cuda:0").type == "cuda"  # choosing the device touches no GPU
+        assert torch.backends.cudnn.benchmark and torch.backends.cudnn.allow_tf32
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(matmul)
+
+
+def test_tuning_runs_channels_last_as_training_does():
+    from purify_lib.data import ImageSet
+    from purify_lib.defenses.base import tune
+
+    model = make_model("preactresnet18", 10, width=2)
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    data = ImageSet(torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8), torch.arange(16) % 10)
+    tune(model, data, model.parameters(), epochs=1, lr=0.01, batch_size=8, precision="fp32")
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert seen == [True, True] and conv.weight.is_contiguous(memory_format=torch.channels_last)

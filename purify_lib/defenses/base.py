@@ -78,6 +78,7 @@ def tune(model, data: ImageSet, params, *, epochs: int, lr: float, batch_size: i
     seed_global("tune", seed)  # the draws a loss or step function makes (MixUp's, SAM's) on the global generator
     augment_stream = stream("tune-augment", seed, device=device)
     images, labels = data.images.to(device), data.labels.to(device)
+    model.to(memory_format=torch.channels_last)  # as train_model trains; a no-op for a victim that already is
     eval_every = eval_every or max(1, epochs // 5)
     history = [{"epoch": 0, **evaluator(model, final=False)}] if evaluator is not None else []
     done = 0
@@ -96,6 +97,7 @@ def tune(model, data: ImageSet, params, *, epochs: int, lr: float, batch_size: i
             x, y = to_float(images[index]), labels[index]
             if augment_data:
                 x = augment(x, generator=augment_stream)
+            x = x.contiguous(memory_format=torch.channels_last)
             if step_fn is not None:
                 with autocast(device, precision):
                     loss = step_fn(model, x, y, opt, loss_fn)
