@@ -209,3 +209,34 @@ def test_tuning_runs_channels_last_as_training_does():
     tune(model, data, model.parameters(), epochs=1, lr=0.01, batch_size=8, precision="fp32")
     conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     assert seen == [True, True] and conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def _count_syncs(monkeypatch):
+    """Record the tensor calls that wait for the device: item, tolist, bool, int, float, and boolean-mask indexing."""
+    calls = []
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _real=real, _name=name, **k: calls.append(_name) or _real(self, *a, **k))
+    real_getitem = torch.Tensor.__getitem__
+
+    def getitem(self, index):
+        parts = index if isinstance(index, tuple) else (index,)
+        if any(isinstance(p, torch.Tensor) and p.dtype == torch.bool for p in parts):
+            calls.append("boolean mask")
+        return real_getitem(self, index)
+
+    monkeypatch.setattr(torch.Tensor, "__getitem__", getitem)
+    return calls
+
+
+def test_sau_and_wanet_steps_do_not_wait_for_the_device(monkeypatch):
+    from purify_lib.defenses.sau import shared_perturbation
+
+    model, reference = make_model("preactresnet18", 10, width=2).eval(), make_model("preactresnet18", 10, width=2).eval()
+    x, y = torch.rand(8, 3, 32, 32), torch.arange(8)
+    wanet = make_attack("wanet")
+    calls = _count_syncs(monkeypatch)
+    shared_perturbation(model, reference, x, y, 0.2, 5, 0.2, 0.01, 1.0)
+    assert calls == []
+    wanet.augment(wanet.poison_batch(x, y, 0.5)[0])
+    assert calls == ["__int__"]  # the one conversion is of a CPU-side draw (whether to poison one more), never a GPU tensor

@@ -53,7 +53,7 @@ def reverse_trigger(model, images: torch.Tensor, target: int, *, epochs: int, lr
     best_norm, best = float("inf"), None
     stale, reference, first = 0, float("inf"), None
     for epoch in range(epochs):
-        hits, count = 0, 0
+        hits, count = torch.zeros((), dtype=torch.long, device=device), 0  # counted on the device, read once a pass
         for index in batches(len(images), batch_size, device, stream("nc-order", seed, target, epoch)):
             mask, pattern = torch.tanh(raw_mask) / 2 + 0.5, torch.tanh(raw_pattern) / 2 + 0.5
             x = augment(to_float(images[index]), generator=augment_stream)
@@ -62,11 +62,11 @@ def reverse_trigger(model, images: torch.Tensor, target: int, *, epochs: int, lr
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            hits += int((out.argmax(1) == target).sum())
+            hits += (out.argmax(1) == target).sum()
             count += len(x)
         if first is None:  # the fallback: the trigger after the first pass
             first = (torch.tanh(raw_mask).detach() / 2 + 0.5, torch.tanh(raw_pattern).detach() / 2 + 0.5)
-        rate, norm = 100 * hits / count, (torch.tanh(raw_mask) / 2 + 0.5).sum().item()
+        rate, norm = 100 * hits.item() / count, (torch.tanh(raw_mask) / 2 + 0.5).sum().item()
         if rate >= success and norm < best_norm:
             best_norm, best = norm, (torch.tanh(raw_mask).detach() / 2 + 0.5, torch.tanh(raw_pattern).detach() / 2 + 0.5)
         # early stop: the best norm has not improved by 1% for 25 epochs, once the cost has moved both ways

@@ -41,17 +41,18 @@ def shared_perturbation(model, reference, x, y, eps, steps, step_size, beta1, be
     with torch.no_grad():
         clean_pred, clean_ref = model(x).argmax(1), reference(x).argmax(1)
     delta = torch.full_like(x, eps)
+    # Sums over masks are products with them, not boolean indexing, and there is no early exit once every sample's
+    # attack is shared (BackdoorBench's ``break``): both would wait for the GPU every step.  Once every attack is
+    # shared both terms are zero, so is their gradient, and the remaining steps leave ``delta`` as it is.
     for _ in range(steps):
         delta.requires_grad_(True)
         out, out_ref = model(x + delta).float(), reference(x + delta).float()
         pred, pred_ref = out.argmax(1), out_ref.argmax(1)
         fooled, fooled_ref = pred != clean_pred, pred_ref != clean_ref
         shared = fooled & fooled_ref & (pred == pred_ref)
-        if bool(shared.all()):
-            break
-        loss_adv = -(F.cross_entropy(out, y, reduction="none")[~fooled].sum()
-                     + F.cross_entropy(out_ref, y, reduction="none")[~fooled_ref].sum()) / (2 * len(x))
-        loss_js = _js(out.softmax(1), out_ref.softmax(1))[~shared].sum() / len(x)
+        loss_adv = -((F.cross_entropy(out, y, reduction="none") * ~fooled).sum()
+                     + (F.cross_entropy(out_ref, y, reduction="none") * ~fooled_ref).sum()) / (2 * len(x))
+        loss_js = (_js(out.softmax(1), out_ref.softmax(1)) * ~shared).sum() / len(x)
         (grad,) = torch.autograd.grad(beta1 * loss_adv + beta2 * loss_js, delta)
         delta = (delta.detach() - step_size * grad.sign()).clamp(-eps, eps)
     return delta.detach()
@@ -76,7 +77,7 @@ def sau(model, data, evaluator=None, *, epochs=100, lr=1e-4, batch_size=256, eps
         loss = lmd1 * F.cross_entropy(out, y) + (lmd2 * F.cross_entropy(out_adv, y) if lmd2 else 0.0)
         shared = (ref_adv != y) & (ref_adv != ref_clean)
         p_ref = out_adv.softmax(1).gather(1, ref_adv[:, None]).squeeze(1)
-        loss = loss - lmd3 * torch.log((1 - p_ref).clamp(1e-6, 0.999))[shared].sum() / len(x)
+        loss = loss - lmd3 * (torch.log((1 - p_ref).clamp(1e-6, 0.999)) * shared).sum() / len(x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
