@@ -104,5 +104,15 @@ class Evaluator:
             self.quick = (share(test), share(self.triggered) if self.triggered is not None else None)
 
     def __call__(self, model, final: bool = True) -> dict[str, float]:
+        self._move_to(next(model.parameters()).device)
         test, triggered = (self.test, self.triggered) if final or self.quick is None else self.quick
         return evaluate(model, test, self.attack, triggered)
+
+    def _move_to(self, device) -> None:
+        """Hold the test images (and their triggered and quick copies) on the model's device, moved once."""
+        if self.test.images.device == device:
+            return
+        move = lambda images: images.to(device) if images is not None else None  # noqa: E731
+        self.test, self.triggered = move(self.test), move(self.triggered)
+        if self.quick is not None:
+            self.quick = (move(self.quick[0]), move(self.quick[1]))

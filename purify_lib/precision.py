@@ -77,9 +77,11 @@ def resolve_precision(device, precision: str | None = None) -> str:
 
 
 def autocast(device, precision: str | None = None):
-    """The autocast context for ``device`` at the resolved precision (a no-op for fp32)."""
+    """The autocast context for ``device`` at ``precision`` (a no-op for fp32).  A resolved name (what the
+    training loops pass, having checked it once with ``resolve_precision``) is used as it is, so no step
+    re-resolves it; ``None`` or ``auto`` is resolved here."""
     device = torch.device(device)
-    resolved = resolve_precision(device, precision)
+    resolved = precision if precision in ("bf16", "fp16", "fp32") else resolve_precision(device, precision)
     if resolved == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=DTYPES[resolved])
