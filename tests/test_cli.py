@@ -1,4 +1,5 @@
 """Command-line entry points: bad input is one line on stderr, exit code 2, nothing written."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +67,19 @@ def test_profiles():
     for profile in PROFILES.values():  # every budget override names a real parameter
         for name, settings in profile.defense_settings.items():
             assert set(settings) <= set(parameters_of(name)), (profile.name, name)
+
+
+def test_gpu_check_prints_its_report_on_a_cpu_under_smoke(tmp_path):
+    """scripts/gpu_check.py is meant for a GPU; at the smoke profile it must run anywhere and print every section."""
+    script = ROOT / "scripts" / "gpu_check.py"
+    env = {**os.environ, "PURIFY_ZOO": str(tmp_path / "zoo")}
+    done = subprocess.run([sys.executable, str(script), "--profile", "smoke", "--device", "cpu", "--time-limit", "60"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = done.stdout
+    for section in ("# GPU check, profile `smoke`", "- precision chosen:", "## Victims", "| badnets | 1 |", "| wanet | 1 |", "| iad | 1 |",
+                    "## Host synchronisations in one WaNet epoch", "## Deterministic mode", "## Defenses on the short-trained"):
+        assert section in report, section
+    assert "Every defense ran." in report or "The time guard" in report
+    bad = subprocess.run([sys.executable, str(script), "--epochs", "0"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: --epochs 0") and len(bad.stderr.strip().splitlines()) == 1
