@@ -118,10 +118,12 @@ def nc(model, data, evaluator=None, *, reverse_epochs=80, reverse_lr=0.1, init_c
         generator = stream("nc-unlearn-share", seed)
         stamped = []
         for t in flagged:  # each flagged trigger on its own random share of the data, labels kept
-            mask, pattern = triggers[t][0], triggers[t][1]
             pick = torch.randperm(len(data), generator=generator)[: round(unlearn_ratio * len(data))]
-            x = to_float(data.images[pick])
-            stamped.append(ImageSet(((1 - mask) * x + mask * pattern).mul(255).round().to(torch.uint8), data.labels[pick], data.indices[pick]))
+            on_device = pick.to(data.images.device)
+            x = to_float(data.images[on_device])
+            mask, pattern = triggers[t][0].to(x.device), triggers[t][1].to(x.device)  # where the data is, a GPU included
+            stamped.append(ImageSet(((1 - mask) * x + mask * pattern).mul(255).round().to(torch.uint8), data.labels[on_device],
+                                    data.indices[pick] if data.indices is not None else None))
         unlearn = ImageSet(torch.cat([data.images, *(s.images for s in stamped)]), torch.cat([data.labels, *(s.labels for s in stamped)]),
                            torch.cat([data.indices, *(s.indices for s in stamped)]))
         history = tune(model, unlearn, list(model.parameters()), epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
