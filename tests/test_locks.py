@@ -31,18 +31,19 @@ def no_flock(monkeypatch):
     monkeypatch.setattr(fcntl, "flock", missing)
 
 
-def hold(path, mode):
+def hold(tmp_path, monkeypatch, mode):
+    """A child process holding the lock ``victim.lock``; with ``no-flock``, flock fails there and here alike."""
+    if mode == "no-flock":
+        no_flock(monkeypatch)
+    path = tmp_path / "victim.lock"
     process = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), mode], stdout=subprocess.PIPE, text=True)
     assert process.stdout.readline().strip() == "held"
-    return process
+    return path, process
 
 
 @pytest.mark.parametrize("mode", ["flock", "no-flock"])
 def test_a_lock_held_by_a_live_job_times_out_naming_the_lock_file(tmp_path, monkeypatch, mode):
-    if mode == "no-flock":
-        no_flock(monkeypatch)
-    path = tmp_path / "victim.lock"
-    holder = hold(path, mode)
+    path, holder = hold(tmp_path, monkeypatch, mode)
     try:
         started = time.perf_counter()
         with pytest.raises(PurifyError, match=f"waited 0.5 s for the lock {path}: another job holds it"):
@@ -56,10 +57,7 @@ def test_a_lock_held_by_a_live_job_times_out_naming_the_lock_file(tmp_path, monk
 
 @pytest.mark.parametrize("mode", ["flock", "no-flock"])
 def test_a_lock_left_by_a_killed_job_is_taken_over(tmp_path, monkeypatch, mode):
-    if mode == "no-flock":
-        no_flock(monkeypatch)
-    path = tmp_path / "victim.lock"
-    holder = hold(path, mode)
+    path, holder = hold(tmp_path, monkeypatch, mode)
     holder.kill()  # as Slurm kills a job: no chance to release
     holder.wait()
     assert path.exists()
