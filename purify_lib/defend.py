@@ -173,7 +173,8 @@ def defend(victim, name: str, profile=None, evaluate: bool = True, data_fraction
     elif name in TEST_SPLIT_PER_CLASS:
         spec = {"test_per_class": per_class, "size": len(data)}
     else:
-        spec = {"fraction": data_fraction, "size": len(data), "from": victim.splits.defense_from,
-                **({"triggered_oracle": True} if triggered_oracle else {})}
+        spec = {"fraction": data_fraction, "size": len(data), "from": victim.splits.defense_from}
+    if triggered_oracle:
+        spec["triggered_oracle"] = True
     evaluated = {"progress_size": profile.progress_eval_size} if evaluate and profile.progress_eval_size else evaluate
     return cached_defense(victim, name, settings, spec, evaluated, run, zoo_dir() / "defended")
