@@ -190,7 +190,9 @@ def test_sau_perturbation_stays_in_its_ball_and_batchnorm_statistics_stay_the_vi
 
 def test_rnp_only_zeroes_batchnorm_weights_of_the_victim(small):
     model, data = small
-    result = purify("rnp", model, data, unlearn_epochs=2, recover_epochs=2, batch_size=16, threshold=0.99)
+    # recover_lr 0.5 moves the masks well below 1 in two epochs; at RNP's 0.2 the lowest ended within 0.001 of the
+    # threshold, so whether any channel was pruned turned on the thread count
+    result = purify("rnp", model, data, unlearn_epochs=2, recover_epochs=2, batch_size=16, threshold=0.99, recover_lr=0.5)
     masks = result.extra["masks"]
     assert all(((m >= 0) & (m <= 1)).all() for m in masks)
     assert result.extra["pruned"] == sum(int((m <= 0.99).sum()) for m in masks) > 0
