@@ -16,8 +16,7 @@ import torch
 
 def seed_of(purpose: str, *numbers) -> int:
     """A 63-bit seed derived from ``purpose`` and ``numbers`` (SHA-256, so it is the same on every machine)."""
-    text = repr((purpose, *(round(n, 12) if isinstance(n, float) else n for n in numbers)))
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+    return int.from_bytes(hashlib.sha256(repr((purpose, *numbers)).encode()).digest()[:8], "little") >> 1
 
 
 def stream(purpose: str, *numbers, device="cpu") -> torch.Generator:

@@ -57,9 +57,15 @@ def make_scheduler(optimizer, schedule, lr: float, total_steps: int, warmup_frac
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
 
-def batches(count: int, batch_size: int, device, generator: torch.Generator, drop_last: bool = False):
+def batches(count: int, batch_size: int, device, generator: torch.Generator, drop_last: bool = False,
+            replacement: bool = False):
     """Shuffled index batches for one epoch; the permutation comes from a CPU generator so runs repeat
-    (callers pass each epoch its own, ``seeds.stream("order", seed, epoch)``)."""
+    (callers pass each epoch its own, ``seeds.stream("order", seed, epoch)``).  ``replacement``: as many
+    full batches, each drawn with replacement (NFT's ``RandomSampler(replacement=True)``)."""
+    if replacement:
+        for _ in range(math.ceil(count / batch_size)):
+            yield torch.randint(0, count, (batch_size,), generator=generator).to(device)
+        return
     order = torch.randperm(count, generator=generator).to(device)
     stop = count - count % batch_size if drop_last and count >= batch_size else count
     for start in range(0, stop, batch_size):

@@ -141,15 +141,19 @@ def defense_data(args) -> None:
           "held 2,500 images out (`defense_data=\"reserve\"`); same sizes, same seeds, cpu budgets.", rows)
 
 
+def nc_row(result, target: int, **labels) -> dict:
+    """What NC detected: the classes flagged, the anomaly index, the median mask norm and the target's."""
+    norms = result.extra["mask_l1"]
+    return result_row(result, **labels, flagged=result.extra["flagged"], **{"anomaly index": result.extra["anomaly_index"],
+                      "median mask L1": sorted(norms)[len(norms) // 2], "target's mask L1": norms[target]})
+
+
 def nc(args) -> None:
     victim = get_victim("badnets", 0.1, "cpu", progress=False)
     rows = []
     for passes in args.passes:
         result = defend(victim, "nc", reverse_epochs=passes)
-        extra = result.extra
-        rows.append(result_row(result, passes=passes, flagged=extra["flagged"], **{"anomaly index": extra["anomaly_index"]},
-                               **{"median mask L1": sorted(extra["mask_l1"])[len(extra["mask_l1"]) // 2],
-                                  "target's mask L1": extra["mask_l1"][victim.attack.target]}))
+        rows.append(nc_row(result, victim.attack.target, passes=passes))
         print(table(rows[-1:]), flush=True)
     write("nc_passes_" + "_".join(map(str, args.passes)), "Neural Cleanse on BadNets-10% (target 0) at several reverse-engineering budgets (passes per class over "
           "the 2,500 defense images; BackdoorBench's is 80), with augmentation, fp32 and the first-pass fallback.", rows)
@@ -180,10 +184,7 @@ def nc_before(args) -> None:
     for passes in args.passes:
         result = module.nc(victim.model, victim.splits.defense_data(DEFAULT_FRACTION), evaluator, reverse_epochs=passes,
                            **{k: v for k, v in victim.profile.defense_params("nc").items() if k != "reverse_epochs"})
-        extra = result.extra
-        rows.append(result_row(result, code=f"before ({NC_BEFORE})", passes=passes, flagged=extra["flagged"],
-                               **{"anomaly index": extra["anomaly_index"], "median mask L1": sorted(extra["mask_l1"])[len(extra["mask_l1"]) // 2],
-                                  "target's mask L1": extra["mask_l1"][victim.attack.target]}))
+        rows.append(nc_row(result, victim.attack.target, code=f"before ({NC_BEFORE})", passes=passes))
     write("nc_before", f"Neural Cleanse as the code was at {NC_BEFORE} (no augmentation, bf16, the last pass's fallback mask) "
           "on the same BadNets-10% victim and defense data as `nc_passes_*.md`.", rows)
 

@@ -61,10 +61,9 @@ class AdaptiveBlend(Blended):
     def poison(self, train: ImageSet, rate: float, seed: int = 0) -> Poisoned:
         count = self.poison_count(train.labels, rate)
         covers = round(count * self.cover_ratio)
-        pool = torch.nonzero(self.pool_mask(train.labels)).squeeze(1)
         if count + covers > len(train.labels):
             raise PurifyError(f"poison_rate={rate} with cover_ratio={self.cover_ratio} needs {count + covers} images; the set holds {len(train.labels)}")
-        index = pool[torch.randperm(len(pool), generator=stream("poison", seed))[:count]].sort().values
+        index = self.choose(train.labels, rate, seed)  # the poisons as every attack draws them
         rest = torch.ones(len(train.labels), dtype=torch.bool)
         rest[index] = False
         rest = torch.nonzero(rest).squeeze(1)

@@ -88,10 +88,7 @@ def tune(model, data: ImageSet, params, *, epochs: int, lr: float, batch_size: i
         for module in frozen_eval:
             module.eval()
         loss_sum, steps_done = torch.zeros((), dtype=torch.float64, device=device), 0  # read once an epoch, not every step
-        order = stream("tune-order", seed, epoch)
-        drawn = ((torch.randint(0, len(labels), (batch_size,), generator=order).to(device) for _ in range(steps_per_epoch))
-                 if replacement else batches(len(labels), batch_size, device, order))
-        for index in drawn:
+        for index in batches(len(labels), batch_size, device, stream("tune-order", seed, epoch), replacement=replacement):
             if done == total:
                 break
             x, y = to_float(images[index]), labels[index]

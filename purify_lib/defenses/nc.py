@@ -123,7 +123,7 @@ def nc(model, data, evaluator=None, *, reverse_epochs=80, reverse_lr=0.1, init_c
             x = to_float(data.images[on_device])
             mask, pattern = triggers[t][0].to(x.device), triggers[t][1].to(x.device)  # where the data is, a GPU included
             stamped.append(ImageSet(((1 - mask) * x + mask * pattern).mul(255).round().to(torch.uint8), data.labels[on_device],
-                                    data.indices[pick] if data.indices is not None else None))
+                                    data.indices[pick]))
         unlearn = ImageSet(torch.cat([data.images, *(s.images for s in stamped)]), torch.cat([data.labels, *(s.labels for s in stamped)]),
                            torch.cat([data.indices, *(s.indices for s in stamped)]))
         history = tune(model, unlearn, list(model.parameters()), epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
