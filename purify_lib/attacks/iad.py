@@ -114,14 +114,14 @@ class IAD(Attack):
         self.generator.to(device)
         self.mask_generator.to(device).train()
         optimizer = torch.optim.Adam(self.mask_generator.parameters(), lr=self.lr, betas=(0.5, 0.9))
-        generator = stream("iad-mask-order", self.seed)
-        images = train.images
+        generator = stream("iad-mask-order", self.seed, device=device)
+        images = train.images.to(device)  # once, so no step copies from the host
         for _ in range(self.mask_epochs):
-            order = torch.randperm(len(images), generator=generator)
-            second = torch.randperm(len(images), generator=generator)
+            order = torch.randperm(len(images), generator=generator, device=device)
+            second = torch.randperm(len(images), generator=generator, device=device)
             for start in range(0, len(images) - self.batch_size + 1, self.batch_size):
-                x1 = to_float(images[order[start : start + self.batch_size]].to(device))
-                x2 = to_float(images[second[start : start + self.batch_size]].to(device))
+                x1 = to_float(images[order[start : start + self.batch_size]])
+                x2 = to_float(images[second[start : start + self.batch_size]])
                 m1, m2 = self.mask(x1), self.mask(x2)
                 loss = self.lambda_norm * torch.relu(m1 - self.mask_density).mean() + self.lambda_div * diversity(x1, x2, m1, m2)
                 optimizer.zero_grad(set_to_none=True)

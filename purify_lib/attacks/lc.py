@@ -63,12 +63,13 @@ class LC(BadNets):
             raise PurifyError("lc needs a clean model to craft its perturbations: set attack.clean_model (the victim zoo does)")
 
     def poison_images(self, images: torch.Tensor) -> torch.Tensor:
-        labels = torch.full((len(images),), self.target, dtype=torch.long)
+        labels = torch.full((len(images),), self.target, dtype=torch.long, device=images.device)
         return self.apply(pgd(self.clean_model, images, labels, self.eps, self.steps, self.step_size))
 
 
 def pgd(model, images: torch.Tensor, labels: torch.Tensor, eps: float, steps: int, step_size: float, batch_size: int = 256) -> torch.Tensor:
-    """Untargeted L-infinity PGD on uint8 images; returns uint8 images within ``eps`` of the originals."""
+    """Untargeted L-infinity PGD on uint8 images; returns uint8 images within ``eps`` of the originals, where the
+    images were (the model may be elsewhere)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -82,6 +83,6 @@ def pgd(model, images: torch.Tensor, labels: torch.Tensor, eps: float, steps: in
             loss = F.cross_entropy(model(adv), target)
             (grad,) = torch.autograd.grad(loss, adv)
             adv = (adv.detach() + step_size * grad.sign()).clamp(clean - eps, clean + eps).clamp(0, 1)
-        out.append((adv * 255).round().to(torch.uint8).cpu())
+        out.append((adv * 255).round().to(torch.uint8).to(images.device))
     model.train(was_training)
     return torch.cat(out) if out else images.clone()

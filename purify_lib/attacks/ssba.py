@@ -102,19 +102,21 @@ class SSBA(Attack):
 
         self.nets.to(device).train()
         optimizer = torch.optim.Adam(self.nets.parameters(), lr=self.lr)
-        generator = stream("ssba-training", self.seed)
-        ramp_start = None
-        for step in tqdm(range(self.steps), disable=not progress, desc="ssba encoder", leave=False):
-            index = torch.randint(0, len(train), (self.batch_size,), generator=generator)
-            x = to_float(train.images[index].to(device))
-            secret = torch.randint(0, 2, (self.batch_size, self.bits), generator=generator).float().to(device)
+        # the images and the draws live on the device, and the image-loss ramp is counted there: no step copies or waits
+        images = train.images.to(device)
+        generator = stream("ssba-training", self.seed, device=device)
+        started = torch.zeros((), dtype=torch.bool, device=device)  # has the bit accuracy passed 0.9 yet?
+        ramped = torch.zeros((), device=device)  # steps since it did
+        for _ in tqdm(range(self.steps), disable=not progress, desc="ssba encoder", leave=False):
+            index = torch.randint(0, len(images), (self.batch_size,), generator=generator, device=device)
+            x = to_float(images[index])
+            secret = torch.randint(0, 2, (self.batch_size, self.bits), generator=generator, device=device).float()
             encoded = self.encode(x, secret)
             bit_logits = self.decoder(encoded)
             bit_loss = F.binary_cross_entropy_with_logits(bit_logits, secret)
-            accuracy = ((bit_logits > 0).float() == secret).float().mean().item()
-            if ramp_start is None and accuracy > 0.9:
-                ramp_start = step
-            weight = 0.0 if ramp_start is None else self.image_weight * min(1.0, (step - ramp_start) / max(self.ramp_steps, 1))
+            started |= ((bit_logits.detach() > 0).float() == secret).float().mean() > 0.9
+            weight = self.image_weight * (ramped / max(self.ramp_steps, 1)).clamp(max=1.0) * started
+            ramped += started
             loss = bit_loss + weight * F.mse_loss(encoded, x)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
