@@ -70,7 +70,8 @@ def run_inline(tasks, profile, parameters, force) -> list[dict]:
 
 
 def run_submitit(tasks, profile, parameters, force, args) -> list[dict]:
-    """One submitit job per (notebook, grid point) not yet done, as one job array; wait for all."""
+    """One submitit job per (notebook, grid point) not yet done, as one job array; wait for all.  The victims
+    those notebooks' needs records list and the zoo lacks are trained first, as a job array of their own."""
     import submitit
 
     from purify_lib.report import build_dir
@@ -89,15 +90,22 @@ def run_submitit(tasks, profile, parameters, force, args) -> list[dict]:
     executor = submitit.AutoExecutor(folder=logs / "%j", cluster=args.executor)
     executor.update_parameters(name=f"purify-{profile}", timeout_min=args.time, cpus_per_task=args.cpus, gpus_per_node=args.gpus,
                                mem_gb=args.mem, slurm_partition=args.partition, slurm_array_parallelism=args.parallel)
-    if args.executor == "local" and args.gpus:
-        # submitit's local executor shows every job GPUs 0..gpus-1; give each job GPUs of its own, in turn
-        jobs, count = [], local_gpu_count()
-        for index, (name, point) in enumerate(pending):
-            executor.update_parameters(local_visible_gpus=[(index * args.gpus + k) % count for k in range(args.gpus)])
-            jobs.append(executor.submit(runner.execute, name, profile, parameters, point, force))
-    else:
-        names, points = [name for name, _ in pending], [point for _, point in pending]
-        jobs = executor.map_array(runner.execute, names, [profile] * len(pending), [parameters] * len(pending), points, [force] * len(pending))
+    victims = runner.victims_to_train(pending, profile)
+    if victims:
+        # victims first, as an array of their own: six notebook jobs needing one victim would otherwise wait
+        # on its lock, holding six GPUs idle
+        jobs = submit(executor, args, runner.train_victim, [(profile, spec) for spec in victims])
+        print(f"victims first: submitted {len(jobs)} job(s) to {args.executor} ({', '.join(job.job_id for job in jobs)}): "
+              f"{', '.join(spec['victim'] for spec in victims)}", flush=True)
+        for job in submitit.helpers.as_completed(jobs):
+            spec = victims[jobs.index(job)]
+            try:
+                done = job.result()
+            except Exception as error:
+                done = {"victim": spec["victim"], "status": "failed", "seconds": 0.0, "error": f"job {job.job_id}: {type(error).__name__}"}
+            detail = f": {done['error']} (its notebooks train it themselves)" if done["status"] == "failed" else ""
+            print(f"  victim {done['victim']}: {done['status']} in {done['seconds']:.0f} s{detail}", flush=True)
+    jobs = submit(executor, args, runner.execute, [(name, profile, parameters, point, force) for name, point in pending])
     print(f"submitted {len(jobs)} job(s) to {args.executor} ({', '.join(job.job_id for job in jobs)}); logs in {logs}", flush=True)
     for job in submitit.helpers.as_completed(jobs):
         name, point = pending[jobs.index(job)]
@@ -110,6 +118,18 @@ def run_submitit(tasks, profile, parameters, force, args) -> list[dict]:
         results.append(result)
         progress(len(results), len(tasks), result)
     return results
+
+
+def submit(executor, args, fn, calls: list[tuple]) -> list:
+    """``fn(*call)`` for every call: one Slurm job array, or local jobs with GPUs of their own."""
+    if args.executor == "local" and args.gpus:
+        # submitit's local executor shows every job GPUs 0..gpus-1; give each job GPUs of its own, in turn
+        jobs, count = [], local_gpu_count()
+        for index, call in enumerate(calls):
+            executor.update_parameters(local_visible_gpus=[(index * args.gpus + k) % count for k in range(args.gpus)])
+            jobs.append(executor.submit(fn, *call))
+        return jobs
+    return executor.map_array(fn, *map(list, zip(*calls)))
 
 
 def local_gpu_count() -> int:

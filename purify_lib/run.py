@@ -50,7 +50,9 @@ class Run:
             started = time.perf_counter()
             victim = self.victims[key] = get_victim(attack, rate, self.profile, attack_params=attack_params or None, split_seed=self.seed,
                                                     device=self.device, progress=False)
-            self._note("victim", victim, started, victim.path.stem, victim.cache_hit, victim.record["train_seconds"])
+            # ``spec``: what ``get_victim`` needs to train it again, so a cluster run can train it before the notebooks
+            spec = {"attack": attack, "rate": rate, "attack_params": attack_params, "split_seed": self.seed}
+            self._note("victim", victim, started, victim.path.stem, victim.cache_hit, victim.record["train_seconds"], spec=spec)
         return self.victims[key]
 
     def defend(self, victim, name: str, **params):

@@ -305,6 +305,36 @@ def plan(tasks: list[tuple[str, dict]], profile: str, parameters: dict, force: b
     return "\n".join(lines)
 
 
+def victims_to_train(tasks: list[tuple[str, dict]], profile: str) -> list[dict]:
+    """The victims ``tasks`` need (as their needs records list them) that the zoo lacks, each once: what a
+    cluster run trains first, as a job array of its own, so notebook jobs do not wait on one victim's lock
+    with their GPUs idle.  Needs recorded before victims carried their ``spec`` are left to the notebooks."""
+    from .zoo import zoo_dir
+
+    zoo, chosen = zoo_dir(), {}
+    for name, point in tasks:
+        with _build_for(build_dir_for(point, point_label(name, point))):
+            record = needs_record(name, profile)
+        for item in record["items"] if record else []:
+            if item["kind"] == "victim" and "spec" in item and not (zoo / f"{item['entry']}.json").exists():
+                chosen.setdefault(item["entry"], {**item["spec"], "entry": item["entry"], "victim": item["victim"]})
+    return list(chosen.values())
+
+
+def train_victim(profile: str, spec: dict) -> dict:
+    """Train (or load) the victim ``spec`` names under ``profile``: a module-level function a submitit job runs."""
+    from .zoo import get_victim
+
+    started = time.perf_counter()
+    try:
+        victim = get_victim(spec["attack"], spec["rate"], profile, attack_params=spec["attack_params"] or None,
+                            split_seed=spec["split_seed"], progress=False)
+    except Exception as error:  # reported beside the others; the notebook that needs it trains it itself
+        return {"victim": spec["victim"], "status": "failed", "seconds": time.perf_counter() - started, "error": f"{type(error).__name__}: {error}"}
+    return {"victim": spec["victim"], "status": "loaded" if victim.cache_hit else "trained", "seconds": time.perf_counter() - started,
+            "entry": victim.path.stem}
+
+
 def build_dir_for(point: dict, label: str) -> Path | None:
     """The build folder a grid point's outputs go to (None for a plain run: the usual one)."""
     from .report import build_dir

@@ -130,23 +130,28 @@ def test_cluster_settings_that_would_misdirect_every_job_are_refused_before_subm
     assert not (tmp_path / "build").exists()  # nothing was submitted or run
 
 
-def test_the_local_executor_gives_each_job_gpus_of_its_own(monkeypatch):
-    import argparse
+def _run_all_module():
     import importlib.util
 
-    import submitit
-
     spec = importlib.util.spec_from_file_location("run_all_module", ROOT / "run_all.py")
-    run_all_module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run_all_module)
-    submitted = []
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    class FakeJob:
-        def __init__(self, visible):
-            self.job_id, self.visible, self.paths = str(len(submitted)), visible, None
 
-        def result(self):
-            return {"notebook": "x", "status": "ran", "seconds": 0.0, "claims": []}
+class FakeJob:
+    def __init__(self, fn, args, visible=None):
+        self.job_id, self.fn, self.args, self.visible, self.paths = str(id(self)), fn, args, visible, None
+
+    def result(self):
+        if self.fn is runner.train_victim:
+            return {"victim": self.args[1]["victim"], "status": "trained", "seconds": 0.0}
+        return {"notebook": self.args[0], "status": "ran", "seconds": 0.0, "claims": []}
+
+
+def _fake_submitit(monkeypatch, submitted: list):
+    """submitit's executor replaced by one that records what each job would run, in submission order."""
+    import submitit
 
     class FakeExecutor:
         def __init__(self, folder, cluster):
@@ -156,13 +161,26 @@ def test_the_local_executor_gives_each_job_gpus_of_its_own(monkeypatch):
             self.parameters.update(params)
 
         def submit(self, fn, *args):
-            submitted.append(FakeJob(list(self.parameters["local_visible_gpus"])))
+            submitted.append(FakeJob(fn, args, list(self.parameters["local_visible_gpus"])))
             return submitted[-1]
+
+        def map_array(self, fn, *lists):
+            jobs = [FakeJob(fn, args) for args in zip(*lists)]
+            submitted.extend(jobs)
+            return jobs
 
     monkeypatch.setattr(submitit, "AutoExecutor", FakeExecutor)
     monkeypatch.setattr(submitit.helpers, "as_completed", lambda jobs: iter(jobs))
+
+
+def test_the_local_executor_gives_each_job_gpus_of_its_own(monkeypatch):
+    import argparse
+
+    run_all_module, submitted = _run_all_module(), []
+    _fake_submitit(monkeypatch, submitted)
     monkeypatch.setattr(run_all_module, "local_gpu_count", lambda: 3)
     monkeypatch.setattr(run_all_module, "progress", lambda *args: None)
+    monkeypatch.setattr(runner, "victims_to_train", lambda tasks, profile: [])
     args = argparse.Namespace(executor="local", gpus=1, time=10, cpus=1, mem=1, partition=None, parallel=4)
     tasks = [(name, {}) for name in ("01_fine_tuning", "02_feature_shift", "03_nft_mixup", "04_distance")]
     run_all_module.run_submitit(tasks, "paper", {}, True, args)
@@ -170,3 +188,33 @@ def test_the_local_executor_gives_each_job_gpus_of_its_own(monkeypatch):
     submitted.clear()
     run_all_module.run_submitit(tasks[:2], "paper", {}, True, argparse.Namespace(**{**vars(args), "gpus": 2}))
     assert [job.visible for job in submitted] == [[0, 1], [2, 0]]
+
+
+def test_slurm_trains_the_victims_the_notebooks_need_first_each_once(monkeypatch, tmp_path, capsys):
+    """From the notebooks' needs records: a victim two notebooks share is one job, one the zoo holds is none,
+    one recorded before victims carried their spec is left to its notebook; then the notebooks, as an array."""
+    import argparse
+
+    run_all_module, submitted = _run_all_module(), []
+    _fake_submitit(monkeypatch, submitted)
+    monkeypatch.setenv("PURIFY_ZOO", str(tmp_path / "zoo"))
+    monkeypatch.setenv("PURIFY_BUILD", str(tmp_path / "build"))
+    (tmp_path / "zoo").mkdir()
+    (tmp_path / "zoo" / "blended-0.1-held.json").write_text("{}")
+
+    def victim(name, entry, spec=True):
+        attack, rate = name.split(":")
+        item = {"kind": "victim", "victim": name, "entry": entry, "cached": True, "seconds": 1.0, "cost": 60.0}
+        return {**item, "spec": {"attack": attack, "rate": float(rate), "attack_params": {}, "split_seed": 0}} if spec else item
+
+    records = {"01_fine_tuning": [victim("badnets:0.1", "badnets-0.1-a"), victim("blended:0.1", "blended-0.1-held")],
+               "02_feature_shift": [victim("badnets:0.1", "badnets-0.1-a"), victim("sig:0.1", "sig-0.1-b"), victim("wanet:0.1", "wanet-0.1-c", spec=False)]}
+    monkeypatch.setattr(runner, "needs_record", lambda name, profile: {"items": records[name]})
+    args = argparse.Namespace(executor="slurm", gpus=1, time=10, cpus=1, mem=1, partition=None, parallel=4)
+    results = run_all_module.run_submitit([(name, {}) for name in records], "paper", {}, True, args)
+    assert [(job.fn.__name__, job.args[-1]["victim"] if job.fn is runner.train_victim else job.args[0]) for job in submitted] == [
+        ("train_victim", "badnets:0.1"), ("train_victim", "sig:0.1"), ("execute", "01_fine_tuning"), ("execute", "02_feature_shift")]
+    assert submitted[0].args == ("paper", {"attack": "badnets", "rate": 0.1, "attack_params": {}, "split_seed": 0,
+                                           "entry": "badnets-0.1-a", "victim": "badnets:0.1"})
+    assert [r["status"] for r in results] == ["ran", "ran"]
+    assert "victims first: submitted 2 job(s) to slurm" in capsys.readouterr().out

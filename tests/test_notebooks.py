@@ -114,6 +114,9 @@ def test_plan_lists_recorded_needs_against_the_zoo_and_runs_nothing(smoke_env, m
         pytest.skip("the papermill test of this notebook did not run")
     kinds = {item["kind"] for item in record["items"]}
     assert kinds == {"victim", "defense"}, "the record must name the notebook's victims and defense runs"
+    for item in (item for item in record["items"] if item["kind"] == "victim"):  # a spec a cluster run trains it from first
+        assert runner.train_victim("smoke", {**item["spec"], "victim": item["victim"]}) == {
+            "victim": item["victim"], "status": "loaded", "seconds": pytest.approx(0, abs=60), "entry": item["entry"]}
     assert runner.plan([(name, {})], "smoke", {}).splitlines()[1] == f"{name}: up to date, nothing to run"
     forced = runner.plan([(name, {})], "smoke", {}, force=True)
     assert "to train" not in forced and "to run, about" not in forced  # everything it used is in the zoo
