@@ -23,12 +23,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from anywhere without installing
 
-from purify_lib import runner  # noqa: E402
-from purify_lib.cli import run_cli  # noqa: E402
+from purify_lib import execution  # noqa: E402
+from purify_lib.cli import invoke  # noqa: E402
 from purify_lib.errors import PurifyError  # noqa: E402
 
 EXECUTORS = ("inline", "local", "slurm")
-PARTS = runner.BREAKDOWN
+PARTS = execution.BREAKDOWN
 
 
 def summary(results: list[dict], total: float) -> str:
@@ -63,8 +63,8 @@ def progress(index: int, count: int, result: dict) -> None:
 def run_inline(tasks, profile, parameters, force) -> list[dict]:
     results = []
     for index, (name, point) in enumerate(tasks, 1):
-        print(f"[{index}/{len(tasks)}] {runner.point_label(name, point)} (profile {profile}) ...", flush=True)
-        results.append(runner.execute(name, profile, parameters, point, force))
+        print(f"[{index}/{len(tasks)}] {execution.point_label(name, point)} (profile {profile}) ...", flush=True)
+        results.append(execution.execute(name, profile, parameters, point, force))
         progress(index, len(tasks), results[-1])
     return results
 
@@ -74,11 +74,11 @@ def run_submitit(tasks, profile, parameters, force, args) -> list[dict]:
     those notebooks' needs records list and the zoo lacks are trained first, as a job array of their own."""
     import submitit
 
-    from purify_lib.report import build_dir
+    from purify_lib.paths import build_dir
 
     results, pending = [], []
     for name, point in tasks:
-        status = None if force else runner.execute(name, profile, parameters, point, check_only=True)
+        status = None if force else execution.execute(name, profile, parameters, point, check_only=True)
         if status is None or status["status"] == "pending":
             pending.append((name, point))
         else:
@@ -90,11 +90,11 @@ def run_submitit(tasks, profile, parameters, force, args) -> list[dict]:
     executor = submitit.AutoExecutor(folder=logs / "%j", cluster=args.executor)
     executor.update_parameters(name=f"purify-{profile}", timeout_min=args.time, cpus_per_task=args.cpus, gpus_per_node=args.gpus,
                                mem_gb=args.mem, slurm_partition=args.partition, slurm_array_parallelism=args.parallel)
-    victims = runner.victims_to_train(pending, profile)
+    victims = execution.victims_to_train(pending, profile)
     if victims:
         # victims first, as an array of their own: six notebook jobs needing one victim would otherwise wait
         # on its lock, holding six GPUs idle
-        jobs = submit(executor, args, runner.train_victim, [(profile, spec) for spec in victims])
+        jobs = submit(executor, args, execution.train_victim, [(profile, spec) for spec in victims])
         print(f"victims first: submitted {len(jobs)} job(s) to {args.executor} ({', '.join(job.job_id for job in jobs)}): "
               f"{', '.join(spec['victim'] for spec in victims)}", flush=True)
         for job in submitit.helpers.as_completed(jobs):
@@ -105,14 +105,14 @@ def run_submitit(tasks, profile, parameters, force, args) -> list[dict]:
                 done = {"victim": spec["victim"], "status": "failed", "seconds": 0.0, "error": f"job {job.job_id}: {type(error).__name__}"}
             detail = f": {done['error']} (its notebooks train it themselves)" if done["status"] == "failed" else ""
             print(f"  victim {done['victim']}: {done['status']} in {done['seconds']:.0f} s{detail}", flush=True)
-    jobs = submit(executor, args, runner.execute, [(name, profile, parameters, point, force) for name, point in pending])
+    jobs = submit(executor, args, execution.execute, [(name, profile, parameters, point, force) for name, point in pending])
     print(f"submitted {len(jobs)} job(s) to {args.executor} ({', '.join(job.job_id for job in jobs)}); logs in {logs}", flush=True)
     for job in submitit.helpers.as_completed(jobs):
         name, point = pending[jobs.index(job)]
         try:
             result = job.result()
         except Exception as error:  # the job itself died (timeout, node failure): report it, keep the others
-            result = {"notebook": runner.point_label(name, point), "status": "failed", "seconds": 0.0,
+            result = {"notebook": execution.point_label(name, point), "status": "failed", "seconds": 0.0,
                       "error": f"job {job.job_id}: {type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}",
                       "output": str(job.paths.stderr)}
         results.append(result)
@@ -187,14 +187,14 @@ def main(argv=None) -> int:
     choose("executor", args.executor, EXECUTORS)
     check_cluster(args)
     profile = get_profile(args.profile).name
-    names = runner.select(args.only)
-    parameters = runner.parse_parameters(args.parameter)
-    points = runner.expand_grid(args.grid)
+    names = execution.select(args.only)
+    parameters = execution.parse_parameters(args.parameter)
+    points = execution.expand_grid(args.grid)
     # before anything runs: a bad name or value fails here, not in a notebook's fifth cell
-    runner.check_parameters(names, [{**parameters, **point} for point in points])
+    execution.check_parameters(names, [{**parameters, **point} for point in points])
     tasks = [(name, point) for name in names for point in points]
     if args.plan:
-        print(runner.plan(tasks, profile, parameters, args.force))
+        print(execution.plan(tasks, profile, parameters, args.force))
         return 0
 
     started = time.perf_counter()
@@ -212,4 +212,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    invoke(main)

@@ -28,7 +28,8 @@
 # %% tags=["parameters"]
 profile = ""  # smoke, cpu or paper; "" means $PURIFY_PROFILE, else cpu without a GPU and paper with one
 device = "auto"
-seed = 0
+seed = 0  # the defenses' seed
+victim_seed = 0  # the victims' seed (split, poisons, training)
 attacks = []  # poison-label attacks swept over `rates`; empty lists mean this section's default for the profile
 rates = []
 clean_label = []  # clean-label victims as "attack:rate", shown as single points
@@ -36,13 +37,11 @@ learning_rates = []  # FT and LP learning rates (FST Fig. 2)
 low_rates = []  # the rates of FST Table 1
 
 # %%
-import matplotlib.pyplot as plt
-import pandas as pd
-import seaborn as sns
-
+from purify_lib import plots
+from purify_lib.claims import Diagnosis
 from purify_lib.cli import parse_specs
-from purify_lib.plots import mark_not_learned
-from purify_lib.run import Run
+from purify_lib.section import Section
+from purify_lib.sweep import arm, backdoored, per, sweep, wide
 
 DEFAULTS = {
     "smoke": dict(attacks=["blended"], rates=[0.1], clean_label=[], learning_rates=[0.01], low_rates=[0.1]),
@@ -51,8 +50,8 @@ DEFAULTS = {
     "paper": dict(attacks=["badnets", "blended"], rates=[0.005, 0.01, 0.05, 0.1], clean_label=["sig:0.05", "sig:0.01"],
                   learning_rates=[0.005, 0.01, 0.02], low_rates=[0.005, 0.01]),
 }
-run = Run("01_fine_tuning", profile, device, seed)
-s = run.settings(DEFAULTS, attacks=attacks, rates=rates, clean_label=clean_label, learning_rates=learning_rates, low_rates=low_rates)
+section = Section("01_fine_tuning", profile, device, seed, victim_seed)
+s = section.settings(DEFAULTS, attacks=attacks, rates=rates, clean_label=clean_label, learning_rates=learning_rates, low_rates=low_rates)
 victims = [(attack, rate) for attack in s["attacks"] for rate in s["rates"]] + parse_specs(s["clean_label"])
 
 # %% [markdown]
@@ -62,38 +61,21 @@ victims = [(attack, rate) for attack in s["attacks"] for rate in s["rates"]] + p
 # beside it. FT and LP use FST's 2% of the training set as clean data and its recipe (10 epochs, SGD, cosine).
 
 # %%
-rows = []
-for attack, rate in victims:
-    victim = run.victim(attack, rate)
-    rows.append(run.row(victim, lr=None))
-    for lr in s["learning_rates"]:
-        for method in ("ft", "lp"):
-            rows.append(run.row(victim, run.defend(victim, method, lr=lr), lr=lr))
-sweep = pd.DataFrame(rows)
-sweep["method"] = [f"{d} lr {lr:g}" if d != "none" else "no defense" for d, lr in zip(sweep["defense"], sweep["lr"])]
-run.table(sweep, "fst_fig2_rate_sweep", "FT and LP against the poisoning rate (FST Fig. 2); ACC, ASR, RA in %.")
-sweep.round(1)
+rate_sweep = sweep(section, victims, [arm(method, lr=lr) for lr in s["learning_rates"] for method in ("ft", "lp")])
+rate_sweep["method"] = [f"{d} lr {lr:g}" if d != "none" else "no defense" for d, lr in zip(rate_sweep["defense"], rate_sweep["lr"])]
+section.table(rate_sweep, "fst_fig2_rate_sweep", "FT and LP against the poisoning rate (FST Fig. 2); ACC, ASR, RA in %.")
+rate_sweep.round(1)
 
 # %%
-poison_label = sweep[sweep["attack"].isin(s["attacks"])]
-fig, axes = plt.subplots(2, len(s["attacks"]), figsize=(4.2 * len(s["attacks"]), 6.5), squeeze=False, sharex=True)
-for col, attack in enumerate(s["attacks"]):
-    for row, metric in enumerate(("acc", "asr")):
-        ax = axes[row, col]
-        sns.lineplot(data=poison_label[poison_label["attack"] == attack], x="rate", y=metric, hue="method", style="method",
-                     markers=True, dashes=False, ax=ax, legend=(row == 0 and col == len(s["attacks"]) - 1))
-        mark_not_learned(ax, poison_label[poison_label["attack"] == attack], "rate", metric)
-        ax.set(xscale="log", xlabel="poisoning rate", ylabel=metric.upper() + " (%)", title=f"{attack}: {metric.upper()}")
-if axes[0, -1].get_legend():
-    sns.move_legend(axes[0, -1], "upper left", bbox_to_anchor=(1.02, 1))
-fig.suptitle(f"FT and LP against the poisoning rate (profile {run.profile.name}; hollow rings: backdoor not learned)")
-run.figure(fig, "fst_fig2_rate_sweep")
+poison_label = rate_sweep[rate_sweep["attack"].isin(s["attacks"])]
+section.figure(plots.metric_lines(poison_label, "rate", "method", "attack", log_x=True, title=f"FT and LP against the poisoning rate "
+                                  f"(profile {section.profile.name}; hollow rings: backdoor not learned)"), "fst_fig2_rate_sweep")
 
 # %% [markdown]
 # Clean-label victims (SIG poisons only target-class images) are single points:
 
 # %%
-sweep[~sweep["attack"].isin(s["attacks"])].round(1)
+rate_sweep[~rate_sweep["attack"].isin(s["attacks"])].round(1)
 
 # %% [markdown]
 # ## The four tuning modes at low rates (FST Table 1)
@@ -109,18 +91,10 @@ sweep[~sweep["attack"].isin(s["attacks"])].round(1)
 
 # %%
 modes = ["lp", "fe_tuning", "ft", "ft_init"]
-table_rows = []
-for attack, rate in [(a, r) for a in s["attacks"] for r in s["low_rates"]]:
-    victim = run.victim(attack, rate)
-    table_rows.append(run.row(victim))
-    table_rows += [run.row(victim, run.defend(victim, method, lr=0.01)) for method in modes]
-table1 = pd.DataFrame(table_rows)
-wide = table1.pivot_table(index=["attack", "rate", "backdoored"], columns="defense", values=["acc", "asr"]).round(1)
-wide = wide.reindex(columns=[(m, d) for d in ["none", *modes] for m in ("acc", "asr")])
-wide.columns = [f"{d} {m.upper()}" for m, d in wide.columns]
-wide = wide.reset_index()
-run.table(wide, "fst_table1_low_rates", "LP, FE-tuning, FT and FT-init at low poisoning rates (FST Table 1); ACC/ASR in %.")
-wide
+table1 = sweep(section, [(a, r) for a in s["attacks"] for r in s["low_rates"]], [arm(method, lr=0.01) for method in modes])
+low_rates_table = wide(table1, by=["attack", "rate", "backdoored"], order=["none", *modes]).round(1)
+section.table(low_rates_table, "fst_table1_low_rates", "LP, FE-tuning, FT and FT-init at low poisoning rates (FST Table 1); ACC/ASR in %.")
+low_rates_table
 
 # %% [markdown]
 # ## Do the paper's claims hold here?
@@ -129,27 +103,30 @@ wide
 # to remove a backdoor that is not there. "Removed" means ASR below 20% after the defense.
 
 # %%
-learned = sweep[sweep["backdoored"] & sweep["attack"].isin(s["attacks"])]
-tuned = learned[learned["defense"] != "none"]
-high, low = max(s["rates"]), min(learned["rate"], default=None)
-at_high = tuned[tuned["rate"] == high]
-if not run.claims.check("FT removes the backdoor at the highest rate with some learning rate (ASR < 20%)",
-                        not at_high.empty and (at_high[at_high["defense"] == "ft"].groupby("attack")["asr"].min() < 20).all(),
-                        f"best FT ASR at rate {high:g}: " + ", ".join(f"{a} {v:.1f}%" for a, v in at_high[at_high['defense'] == 'ft'].groupby('attack')['asr'].min().items())) and not at_high.empty:
-    # Is the learning rate the limit?  FT once more at 2.5x and 5x the sweep's largest rate, on the same victims.
-    larger = pd.DataFrame([run.row(victim, run.defend(victim, "ft", lr=lr), lr=lr) for attack in s["attacks"]
-                           for victim in [run.victim(attack, high)] if victim.backdoored for lr in (0.05, 0.1)])
-    removed = larger[larger["asr"] < 20]
-    run.claims.diagnose(("a matter of learning rate: FT removes it above the sweep's rates" if len(removed) else
-                         "not the learning rate: FT keeps the backdoor even at 5x the sweep's largest rate")
-                        + " (" + ", ".join(f"{r.attack} lr {r.lr:g}: ASR {r.asr:.1f}%, ACC {r.acc:.1f}%" for r in larger.itertuples()) + ")")
+tuned = backdoored(rate_sweep[rate_sweep["attack"].isin(s["attacks"])])
+high, low = max(s["rates"]), min(tuned["rate"], default=None)
+best_ft = per(tuned[(tuned["rate"] == high) & (tuned["defense"] == "ft")], "attack", "asr", "min")
+larger_lr = [(victim, "ft", {"lr": lr}) for victim in (section.victim(a, high) for a in s["attacks"]) if victim.backdoored and best_ft for lr in (0.05, 0.1)]
+
+
+def learning_rate_limit(*results):
+    """Is the learning rate the limit?  FT once more at 2.5x and 5x the sweep's largest rate, on the same victims."""
+    after = [(victim.attack.name, params["lr"], result.history[-1]) for (victim, _, params), result in zip(larger_lr, results)]
+    return (("a matter of learning rate: FT removes it above the sweep's rates" if any(h["asr"] < 20 for *_, h in after) else
+             "not the learning rate: FT keeps the backdoor even at 5x the sweep's largest rate")
+            + " (" + ", ".join(f"{a} lr {lr:g}: ASR {h['asr']:.1f}%, ACC {h['acc']:.1f}%" for a, lr, h in after) + ")")
+
+
+section.claim("FT removes the backdoor at the highest rate with some learning rate (ASR < 20%)",
+              bool(best_ft) and all(v < 20 for v in best_ft.values()),
+              f"best FT ASR at rate {high:g}: " + ", ".join(f"{a} {v:.1f}%" for a, v in best_ft.items()),
+              diagnosis=Diagnosis(learning_rate_limit, larger_lr))
 at_low = tuned[(tuned["rate"] == low) & (tuned["rate"] < high)]
-run.claims.check("FT and LP fail at the lowest rate whose backdoor was learned (ASR stays >= 20% for every learning rate)",
-                 not at_low.empty and (at_low["asr"] >= 20).all(),
-                 f"rate {low}: " + ", ".join(f"{r.attack} {r.method} {r.asr:.1f}%" for r in at_low.itertuples()) if not at_low.empty else "no backdoored victim below the highest rate")
-low_table = table1[table1["backdoored"] & (table1["defense"] != "none")]
-means = low_table.groupby("defense")["asr"].mean()
-run.claims.check("FE-tuning and FT-init lower ASR more than LP and FT at low rates (Table 1 means)",
-                 not means.empty and max(means.get("fe_tuning", 100), means.get("ft_init", 100)) < min(means.get("lp", 0), means.get("ft", 0)),
-                 "mean ASR " + ", ".join(f"{k} {v:.1f}%" for k, v in means.items()))
-run.finish();
+section.claim("FT and LP fail at the lowest rate whose backdoor was learned (ASR stays >= 20% for every learning rate)",
+              not at_low.empty and (at_low["asr"] >= 20).all(),
+              f"rate {low}: " + ", ".join(f"{r.attack} {r.method} {r.asr:.1f}%" for r in at_low.itertuples()) if not at_low.empty else "no backdoored victim below the highest rate")
+means = per(backdoored(table1), "defense", "asr")
+section.claim("FE-tuning and FT-init lower ASR more than LP and FT at low rates (Table 1 means)",
+              bool(means) and max(means.get("fe_tuning", 100), means.get("ft_init", 100)) < min(means.get("lp", 0), means.get("ft", 0)),
+              "mean ASR " + ", ".join(f"{k} {v:.1f}%" for k, v in means.items()))
+section.finish();

@@ -43,7 +43,7 @@ import seaborn as sns
 from purify_lib import analysis
 from purify_lib.cli import parse_specs
 from purify_lib.plots import victim_label
-from purify_lib.run import Run
+from purify_lib.section import Section
 
 ALL = ["ft", "lp", "fe_tuning", "ft_init", "fst", "nft", "d3"]
 DEFAULTS = {
@@ -51,8 +51,8 @@ DEFAULTS = {
     "cpu": dict(victims=["blended:0.1", "blended:0.01"], methods=ALL, per_group=200),
     "paper": dict(victims=["blended:0.1", "blended:0.01"], methods=ALL, per_group=500),
 }
-run = Run("02_feature_shift", profile, device, seed)
-s = run.settings(DEFAULTS, victims=victims, methods=methods, per_group=per_group)
+section = Section("02_feature_shift", profile, device, seed)
+s = section.settings(DEFAULTS, victims=victims, methods=methods, per_group=per_group)
 
 # %% [markdown]
 # ## Features of the victim and of each purified model
@@ -63,22 +63,22 @@ s = run.settings(DEFAULTS, victims=victims, methods=methods, per_group=per_group
 # %%
 embeddings, rows = [], []
 for attack, rate in parse_specs(s["victims"]):
-    victim = run.victim(attack, rate)
+    victim = section.victim(attack, rate)
     groups = analysis.feature_groups(victim, s["per_group"], seed)
     models = {"victim": (victim.model, None)}
     for method in s["methods"]:
-        result = run.defend(victim, method)
+        result = section.defend(victim, method)
         models[method] = (result.model, result)
     for name, (model, result) in models.items():
         features = {group: analysis.penultimate(model, images.images) for group, images in groups.items()}
-        row = run.row(victim, result) if result is not None else run.row(victim)
+        row = section.row(victim, result) if result is not None else section.row(victim)
         row.update(model=name, separation=analysis.separation(features["triggered"], features["clean target"]))
         rows.append(row)
         points = analysis.tsne(np.concatenate(list(features.values())), seed)
         labels = np.repeat(list(features), [len(f) for f in features.values()])
         embeddings.append(pd.DataFrame({"x": points[:, 0], "y": points[:, 1], "group": labels, "model": name, "victim": victim_label(victim)}))
 scores = pd.DataFrame(rows)[["attack", "rate", "backdoored", "model", "acc", "asr", "separation"]]
-run.table(scores, "feature_shift_separation",
+section.table(scores, "feature_shift_separation",
           "Silhouette score of triggered against clean target-class penultimate features (0 = entangled), with ACC/ASR in %.")
 scores.round(1)
 
@@ -92,8 +92,8 @@ grid.set_titles("{row_name} | {col_name}")
 for (victim_name, model_name), ax in grid.axes_dict.items():
     sep = scores[(scores["model"] == model_name) & ((scores["attack"] + " " + scores["rate"].map("{:g}".format)) == victim_name)]["separation"]
     ax.text(0.02, 0.02, f"silhouette {sep.iloc[0]:.2f}", transform=ax.transAxes, fontsize=8)
-grid.figure.suptitle(f"Penultimate features (t-SNE), profile {run.profile.name}", y=1.02)
-run.figure(grid.figure, "feature_shift_tsne")
+grid.figure.suptitle(f"Penultimate features (t-SNE), profile {section.profile.name}", y=1.02)
+section.figure(grid.figure, "feature_shift_tsne")
 
 # %% [markdown]
 # ## Do the paper's claims hold here?
@@ -104,29 +104,29 @@ sep = {(r.attack, r.rate, r.model): r.separation for r in learned.itertuples()}
 rates_seen = sorted({(a, r) for a, r, _ in sep}, key=lambda k: k[1])
 if len(rates_seen) >= 2:
     (a_low, r_low), (a_high, r_high) = rates_seen[0], rates_seen[-1]
-    run.claims.check("Before defense, triggered and clean target features are less separable at the low rate than at the high rate (FST Fig. 3)",
+    section.claims.check("Before defense, triggered and clean target features are less separable at the low rate than at the high rate (FST Fig. 3)",
                      sep[(a_low, r_low, "victim")] < sep[(a_high, r_high, "victim")],
                      f"victim silhouette {sep[(a_low, r_low, 'victim')]:.3f} at {r_low:g} vs {sep[(a_high, r_high, 'victim')]:.3f} at {r_high:g}")
 else:
-    run.claims.check("Before defense, features are less separable at the low rate than at the high rate (FST Fig. 3)", False,
+    section.claims.check("Before defense, features are less separable at the low rate than at the high rate (FST Fig. 3)", False,
                      f"needs two backdoored victims at different rates; have {rates_seen}")
 # The low-rate claims need a backdoored victim below the highest rate; with one victim there is none.
 a_low, r_low = rates_seen[0] if len(rates_seen) >= 2 else (None, None)
 low = {m: v for (a, r, m), v in sep.items() if (a, r) == (a_low, r_low)}
 shift = [low[m] for m in ("fe_tuning", "ft_init", "fst") if m in low]
 still = [low[m] for m in ("ft", "lp") if m in low]
-run.claims.check("At the low rate, feature-shift methods (FE-tuning, FT-init, FST) separate triggered from clean target features more than FT and LP, on average (FST Fig. 4)",
+section.claims.check("At the low rate, feature-shift methods (FE-tuning, FT-init, FST) separate triggered from clean target features more than FT and LP, on average (FST Fig. 4)",
                  bool(shift and still) and np.mean(shift) > np.mean(still),
                  "silhouette " + ", ".join(f"{m} {v:.3f}" for m, v in low.items()) if low else "no backdoored low-rate victim")
 others = [m for m in ("nft", "d3") if m in low]
-if not run.claims.check("NFT and D3 also separate triggered from clean target features beyond the victim (NFT Fig. 1, D3 Fig. 4a)",
+if not section.claims.check("NFT and D3 also separate triggered from clean target features beyond the victim (NFT Fig. 1, D3 Fig. 4a)",
                         bool(others) and all(low[m] > low["victim"] for m in others),
                         ", ".join(f"{m} {low[m]:.3f}" for m in ["victim", *others] if m in low) or "no backdoored low-rate victim") and others:
     # Separation is the papers' account of removal: does it follow the backdoor's removal across every model at this rate?
     at_low = scores[(scores["attack"] == a_low) & (scores["rate"] == r_low)].set_index("model")
     rho = at_low["separation"].corr(at_low["asr"], method="spearman")
-    run.claims.diagnose(", ".join(f"{m}: ASR {at_low.loc[m, 'asr']:.1f}%" for m in ["victim", *others])
+    section.claims.diagnose(", ".join(f"{m}: ASR {at_low.loc[m, 'asr']:.1f}%" for m in ["victim", *others])
                         + f"; over the {len(at_low)} models at rate {r_low:g}, silhouette against ASR has Spearman rho {rho:.2f}"
                         + (" (the models that remove more of the backdoor separate the features more)" if rho < -0.5 else
                            " (separation does not track removal here)"))
-run.finish();
+section.finish();

@@ -48,7 +48,7 @@ import torch
 from purify_lib.cli import parse_specs
 from purify_lib.errors import choose
 from purify_lib.plots import victim_label
-from purify_lib.run import Run
+from purify_lib.section import Section
 
 # NFT's own attacks (its src/data/badnets_blend.py): a grey-level 3x3 corner pattern blended at 0.6, and a
 # uniform-noise image blended at 0.2, poisons drawn from the other classes. Other attacks have one trigger set.
@@ -59,8 +59,8 @@ DEFAULTS = {
     "cpu": dict(victims=["badnets:0.1", "blended:0.1"], triggers=["nft", "backdoorbench"], per_class_sizes=[1]),
     "paper": dict(victims=["badnets:0.1", "blended:0.1", "wanet:0.1"], triggers=["nft", "backdoorbench"], per_class_sizes=[1, 10]),
 }
-run = Run("03_nft_mixup", profile, device, seed)
-s = run.settings(DEFAULTS, victims=victims, triggers=triggers, per_class_sizes=per_class_sizes)
+section = Section("03_nft_mixup", profile, device, seed)
+s = section.settings(DEFAULTS, victims=victims, triggers=triggers, per_class_sizes=per_class_sizes)
 for name in s["triggers"]:
     choose("trigger set", name, TRIGGER_SETS)
 victims_by_set, seen = {}, set()  # trigger set -> {label: victim}
@@ -69,7 +69,7 @@ for name in s["triggers"]:
         params = TRIGGER_SETS[name].get(attack, {})
         if (attack, rate, str(params)) not in seen:  # an attack with one trigger set appears once, under the first
             seen.add((attack, rate, str(params)))
-            victim = run.victim(attack, rate, **params)
+            victim = section.victim(attack, rate, **params)
             victims_by_set.setdefault(name, {})[victim_label(victim)] = victim
 primary = victims_by_set[s["triggers"][0]]
 
@@ -86,7 +86,7 @@ primary = victims_by_set[s["triggers"][0]]
 curves = []
 for label, victim in primary.items():
     for run_label, params in (("with MixUp", {}), ("without MixUp", {"mixup": False})):
-        result = run.defend(victim, "nft", **params)
+        result = section.defend(victim, "nft", **params)
         history = pd.DataFrame(result.history)
         steps_per_pass = -(-round(0.01 * victim.splits.defense_base_size) // result.params["batch_size"])
         history["step"] = history["epoch"] * steps_per_pass
@@ -100,8 +100,8 @@ curves = pd.concat(curves, ignore_index=True)
 grid = sns.relplot(data=curves, x="step", y="loss", hue="kind", style="kind", col="run", row="victim", kind="line",
                    markers=True, dashes=False, height=2.8, aspect=1.3, facet_kws=dict(sharey=False))
 grid.set_titles("{row_name} | {col_name}")
-grid.figure.suptitle(f"NFT: training loss against the ideal purification loss (profile {run.profile.name})", y=1.02)
-run.figure(grid.figure, "nft_mixup_bound")
+grid.figure.suptitle(f"NFT: training loss against the ideal purification loss (profile {section.profile.name})", y=1.02)
+section.figure(grid.figure, "nft_mixup_bound")
 
 # %% [markdown]
 # ## Ablations (NFT Table 7) and bound schedules (NFT Fig. 2)
@@ -118,10 +118,10 @@ VARIANTS = {
 }
 rows = []
 for label, victim in primary.items():
-    rows.append(run.row(victim, label=label, variant="no defense"))
-    rows += [run.row(victim, run.defend(victim, "nft", **params), label=label, variant=name) for name, params in VARIANTS.items()]
+    rows.append(section.row(victim, label=label, variant="no defense"))
+    rows += [section.row(victim, section.defend(victim, "nft", **params), label=label, variant=name) for name, params in VARIANTS.items()]
 ablation = pd.DataFrame(rows)
-run.table(ablation, "nft_table7_ablations", "NFT ablations and mask-bound schedules (NFT Table 7, Fig. 2); ACC/ASR/RA in %.")
+section.table(ablation, "nft_table7_ablations", "NFT ablations and mask-bound schedules (NFT Table 7, Fig. 2); ACC/ASR/RA in %.")
 ablation.round(2)
 
 # %%
@@ -130,7 +130,7 @@ shown = ablation[ablation["variant"] != "no defense"]
 sns.barplot(data=shown, x="variant", y="der", hue="label", ax=ax)
 ax.set(ylabel="DER", xlabel="", ylim=(0.4, 1.0), title="NFT variants: defense effectiveness rating")
 ax.tick_params(axis="x", rotation=30)
-run.figure(fig, "nft_ablations")
+section.figure(fig, "nft_ablations")
 
 # %% [markdown]
 # ## NFT on each trigger set, and with an oracle's data
@@ -144,12 +144,12 @@ run.figure(fig, "nft_ablations")
 oracle_rows = []
 for name, members in victims_by_set.items():
     for label, victim in members.items():
-        oracle_rows.append(run.row(victim, triggers=name, label=label, variant="no defense"))
-        oracle_rows.append(run.row(victim, run.defend(victim, "nft"), triggers=name, label=label, variant="NFT"))
-        oracle_rows.append(run.row(victim, run.defend(victim, "nft", triggered_oracle=True), triggers=name, label=label,
+        oracle_rows.append(section.row(victim, triggers=name, label=label, variant="no defense"))
+        oracle_rows.append(section.row(victim, section.defend(victim, "nft"), triggers=name, label=label, variant="NFT"))
+        oracle_rows.append(section.row(victim, section.defend(victim, "nft", triggered_oracle=True), triggers=name, label=label,
                                    variant="NFT, oracle data (triggered, true labels)"))
 oracle = pd.DataFrame(oracle_rows)
-run.table(oracle, "nft_trigger_sets", "NFT on each trigger set, and on the oracle's data (defense images with the trigger, true labels); ACC/ASR/RA in %.")
+section.table(oracle, "nft_trigger_sets", "NFT on each trigger set, and on the oracle's data (defense images with the trigger, true labels); ACC/ASR/RA in %.")
 oracle.round(2)
 
 # %% [markdown]
@@ -167,20 +167,20 @@ for victim_name, part in with_mixup.groupby("victim"):
     common = ideal.index.intersection(train.index)
     gaps += [(victim_name, step, train[step] - ideal[step]) for step in common]
     asr_at.update({(victim_name, step): ideal_rows.loc[step, "asr"] for step in common})
-if not run.claims.check("The MixUp loss stays above the ideal purification loss at every evaluation during NFT (§4.1)",
+if not section.claims.check("The MixUp loss stays above the ideal purification loss at every evaluation during NFT (§4.1)",
                         bool(gaps) and all(gap >= 0 for *_, gap in gaps),
                         f"min(MixUp - ideal) = {min(g for *_, g in gaps):.3f} over {len(gaps)} points" if gaps else "no evaluation points"):
     # The bound argument assumes the trigger no longer wins; where it still does, the ideal loss is large by construction.
     below = pd.Series([asr_at[(v, step)] for v, step, gap in gaps if gap < 0], dtype=float)
     above = pd.Series([asr_at[(v, step)] for v, step, gap in gaps if gap >= 0], dtype=float)
-    run.claims.diagnose(f"mean ASR {below.mean():.1f}% at the {len(below)} evaluations where the MixUp loss is below the ideal loss, "
+    section.claims.diagnose(f"mean ASR {below.mean():.1f}% at the {len(below)} evaluations where the MixUp loss is below the ideal loss, "
                         + (f"{above.mean():.1f}% at the {len(above)} where it is above: " if len(above) else "and it is never above: ")
                         + ("the bound fails where the backdoor is still active" if len(above) == 0 or below.mean() > above.mean() else
                            "the bound fails whether or not the backdoor is active"))
 nft_rows = ablation[(ablation["variant"] == "NFT") & ablation["backdoored"]]
 beside = oracle[(oracle["triggers"] != s["triggers"][0]) & (oracle["variant"] == "NFT") & oracle["backdoored"]]
 oracle_nft = oracle[oracle["variant"].str.startswith("NFT, oracle") & oracle["backdoored"]]
-if not run.claims.check("NFT removes the backdoor (ASR < 10%) with a small ACC drop (< 5 points)",
+if not section.claims.check("NFT removes the backdoor (ASR < 10%) with a small ACC drop (< 5 points)",
                         not nft_rows.empty and (nft_rows["asr"] < 10).all() and all(
                             primary[r.label].metrics["acc"] - r.acc < 5 for r in nft_rows.itertuples()),
                         ", ".join(f"{r.label}: ASR {r.asr:.1f}%, ACC {r.acc:.1f}%" for r in nft_rows.itertuples())
@@ -188,13 +188,13 @@ if not run.claims.check("NFT removes the backdoor (ASR < 10%) with a small ACC d
     # Is the step budget the limit?  The same NFT with three times the steps, on the first backdoored victim.
     first = next(nft_rows.itertuples())
     victim = primary[first.label]
-    default = run.defend(victim, "nft")
-    longer = run.defend(victim, "nft", steps=3 * default.params["steps"])
+    default = section.defend(victim, "nft")
+    longer = section.defend(victim, "nft", steps=3 * default.params["steps"])
     after = longer.history[-1]
     # How far did the masks move from 1 (a mask at 1 leaves its channel as it was)?
     masks = torch.cat([torch.as_tensor(m).flatten() for m in default.extra["masks"]])  # lists when loaded from the cache
     removed_by_oracle = int((oracle_nft["asr"] < 10).sum())
-    run.claims.diagnose(f"{'the step budget' if after['asr'] < 10 else 'not the step budget alone'}: on {first.label}, "
+    section.claims.diagnose(f"{'the step budget' if after['asr'] < 10 else 'not the step budget alone'}: on {first.label}, "
                         f"{longer.params['steps']} steps give ASR {after['asr']:.1f}%, ACC {after['acc']:.1f}% "
                         f"(against {first.asr:.1f}%, {first.acc:.1f}% at {longer.params['steps'] // 3}); the masks "
                         f"{'hardly move' if (masks < 0.9).float().mean() < 0.05 else 'move'} from 1: "
@@ -206,30 +206,30 @@ if not run.claims.check("NFT removes the backdoor (ASR < 10%) with a small ACC d
                            ": even the oracle removes none, so BatchNorm masks cannot remove these backdoors at this budget" if removed_by_oracle == 0 else
                            f": the oracle removes {removed_by_oracle} of {len(oracle_nft)}, so masks can remove some of these backdoors and not others"))
 one_shot = ablation[(ablation["variant"] == "1 per class") & ablation["backdoored"]]
-if not run.claims.check("One clean image per class is enough (ASR < 10%)",
+if not section.claims.check("One clean image per class is enough (ASR < 10%)",
                         not one_shot.empty and (one_shot["asr"] < 10).all(),
                         ", ".join(f"{r.label}: ASR {r.asr:.1f}%" for r in one_shot.itertuples()) or "not run") and not one_shot.empty:
     default = nft_rows.set_index("label")["asr"]
-    run.claims.diagnose("one-shot against NFT's default 1% of the training set (ASR): "
+    section.claims.diagnose("one-shot against NFT's default 1% of the training set (ASR): "
                         + ", ".join(f"{r.label} {r.asr:.1f}% vs {default.get(r.label, float('nan')):.1f}%" for r in one_shot.itertuples())
                         + ("; the default data does no better, so the data size is not the cause" if all(
                             default.get(r.label, 0) >= 10 for r in one_shot.itertuples()) else ""))
 der = ablation[ablation["backdoored"]].pivot_table(index="label", columns="variant", values="der")
 ablations = [v for v in ("w/o regulariser", "w/o MixUp", "w/o mu(l) (masks in [0, 1])") if v in der]
-if not run.claims.check("Every ablation (no regulariser, no MixUp, no mu(l)) scores a lower DER than full NFT (Table 7)",
+if not section.claims.check("Every ablation (no regulariser, no MixUp, no mu(l)) scores a lower DER than full NFT (Table 7)",
                         not der.empty and all((der[v] < der["NFT"]).all() for v in ablations),
                         "; ".join(f"{a}: " + ", ".join(f"{v} {der.loc[a, v]:.3f}" for v in ["NFT", *ablations]) for a in der.index)) and not der.empty:
     # How far apart must two DERs be to differ?  Full NFT again with another seed, on every backdoored victim.
-    reseeded = {r.label: run.row(primary[r.label], run.defend(primary[r.label], "nft", seed=run.seed + 1))["der"]
+    reseeded = {r.label: section.row(primary[r.label], section.defend(primary[r.label], "nft", seed=section.seed + 1))["der"]
                 for r in nft_rows.itertuples()}
     noise = max(abs(reseeded[a] - der.loc[a, "NFT"]) for a in reseeded)
     gaps_to_nft = {(a, v): der.loc[a, "NFT"] - der.loc[a, v] for a in der.index for v in ablations}
     within = [f"{a} {v}" for (a, v), gap in gaps_to_nft.items() if abs(gap) <= noise]
-    run.claims.diagnose(f"full NFT's DER moves by up to {noise:.3f} with the seed alone ("
+    section.claims.diagnose(f"full NFT's DER moves by up to {noise:.3f} with the seed alone ("
                         + ", ".join(f"{a}: {der.loc[a, 'NFT']:.3f} -> {d:.3f}" for a, d in reseeded.items()) + "); "
                         + (f"within that noise: {', '.join(within)}" if within else "every ablation's gap exceeds it"))
 schedules = [v for v in ("NFT", "linear mu(l)", "constant mu(l)") if v in der]
-run.claims.check("The exponential bound schedule scores at least the DER of the linear and constant ones (Fig. 2)",
+section.claims.check("The exponential bound schedule scores at least the DER of the linear and constant ones (Fig. 2)",
                  not der.empty and all((der["NFT"] >= der[v] - 1e-9).all() for v in schedules),
                  "; ".join(f"{a}: " + ", ".join(f"{v} {der.loc[a, v]:.3f}" for v in schedules) for a in der.index))
-run.finish();
+section.finish();

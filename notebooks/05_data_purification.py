@@ -42,7 +42,7 @@ import torch
 from purify_lib.cli import parse_specs
 from purify_lib.defenses.pad import sce_scores
 from purify_lib.plots import victim_label
-from purify_lib.run import Run
+from purify_lib.section import Section
 
 DEFAULTS = {
     "smoke": dict(victims=["blended:0.1"], selection_sizes=[10, 20, 50], ablation_sizes=[20]),
@@ -50,8 +50,8 @@ DEFAULTS = {
     "paper": dict(victims=["badnets:0.1", "blended:0.1", "wanet:0.1"], selection_sizes=[25, 50, 100, 250, 500, 1000, 2000],
                   ablation_sizes=[100, 200, 300, 400, 500, 600]),
 }
-run = Run("05_data_purification", profile, device, seed)
-s = run.settings(DEFAULTS, victims=victims, selection_sizes=selection_sizes, ablation_sizes=ablation_sizes)
+section = Section("05_data_purification", profile, device, seed)
+s = section.settings(DEFAULTS, victims=victims, selection_sizes=selection_sizes, ablation_sizes=ablation_sizes)
 
 # %% [markdown]
 # ## How clean is the low-SCE set?
@@ -62,7 +62,7 @@ s = run.settings(DEFAULTS, victims=victims, selection_sizes=selection_sizes, abl
 # %%
 purity_rows, sce_medians = [], {}
 for attack, rate in parse_specs(s["victims"]):
-    victim = run.victim(attack, rate)
+    victim = section.victim(attack, rate)
     poisoned = victim.poisoned_train()
     is_poison = torch.zeros(len(poisoned.data), dtype=torch.bool)
     is_poison[poisoned.poisoned] = True
@@ -78,7 +78,7 @@ for attack, rate in parse_specs(s["victims"]):
                             "poison share in the training set (%)": 100 * is_poison.float().mean().item(),
                             "target-class slots that are poisons (%)": 100 * is_poison[kept[labels[kept] == victim.attack.target]].float().mean().item()})
 purity = pd.DataFrame(purity_rows)
-run.table(purity, "pad_selection_purity", "Poisons among the n_c lowest-SCE samples per class (PAD-FT's self-purified set).")
+section.table(purity, "pad_selection_purity", "Poisons among the n_c lowest-SCE samples per class (PAD-FT's self-purified set).")
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.3))
 sns.lineplot(data=purity, x="N_c", y="poison share (%)", hue="victim", marker="o", ax=axes[0])
 sns.lineplot(data=purity, x="N_c", y="target-class slots that are poisons (%)", hue="victim", marker="o", ax=axes[1], legend=False)
@@ -86,8 +86,8 @@ for ax in axes:
     ax.set(xscale="log")
 axes[0].set_title("all kept samples")
 axes[1].set_title("kept samples labelled as the target class")
-fig.suptitle(f"How clean is the low-SCE selection? (profile {run.profile.name})")
-run.figure(fig, "pad_selection_purity")
+fig.suptitle(f"How clean is the low-SCE selection? (profile {section.profile.name})")
+section.figure(fig, "pad_selection_purity")
 purity.round(2)
 
 # %% [markdown]
@@ -95,54 +95,54 @@ purity.round(2)
 
 # %%
 attack, rate = parse_specs(s["victims"])[0]
-first = run.victim(attack, rate)
-ablation = pd.DataFrame([run.row(first, result, n_c=n_c, N_c=n_c * first.splits.num_classes, kept_poisons=result.extra.get("kept_poisoned"))
-                         for n_c in s["ablation_sizes"] for result in [run.defend(first, "pad_ft", n_c=n_c)]])
-run.table(ablation, "pad_ft_table3_nc", f"PAD-FT on {attack} {rate:g} against N_c (PAD-FT Table III); ACC/ASR/RA in %.")
+first = section.victim(attack, rate)
+ablation = pd.DataFrame([section.row(first, result, n_c=n_c, N_c=n_c * first.splits.num_classes, kept_poisons=result.extra.get("kept_poisoned"))
+                         for n_c in s["ablation_sizes"] for result in [section.defend(first, "pad_ft", n_c=n_c)]])
+section.table(ablation, "pad_ft_table3_nc", f"PAD-FT on {attack} {rate:g} against N_c (PAD-FT Table III); ACC/ASR/RA in %.")
 comparison_rows = []
 for attack_name, victim_rate in parse_specs(s["victims"]):
-    victim = run.victim(attack_name, victim_rate)
-    comparison_rows.append(run.row(victim))
+    victim = section.victim(attack_name, victim_rate)
+    comparison_rows.append(section.row(victim))
     for method in ("pad", "pad_ft"):
-        result = run.defend(victim, method)
-        comparison_rows.append(run.row(victim, result, kept_poisons=result.extra.get("kept_poisoned")))
+        result = section.defend(victim, method)
+        comparison_rows.append(section.row(victim, result, kept_poisons=result.extra.get("kept_poisoned")))
 comparison = pd.DataFrame(comparison_rows)
-run.table(comparison, "pad_vs_pad_ft", "PAD (clipping on the self-purified set) against PAD-FT (then classifier fine-tuning); ACC/ASR/RA in %.")
+section.table(comparison, "pad_vs_pad_ft", "PAD (clipping on the self-purified set) against PAD-FT (then classifier fine-tuning); ACC/ASR/RA in %.")
 comparison.round(2)
 
 # %% [markdown]
 # ## Do the paper's claims hold here?
 
 # %%
-learned = [f"{a} {r:g}" for a, r in parse_specs(s["victims"]) if run.victim(a, r).backdoored]
+learned = [f"{a} {r:g}" for a, r in parse_specs(s["victims"]) if section.victim(a, r).backdoored]
 paper_size = purity[purity["victim"].isin(learned)]
 paper_size = paper_size[paper_size["n_c"] == min(s["selection_sizes"], key=lambda n: abs(n - 250))]
-if not run.claims.check("The low-SCE selection is nearly clean: under 1% poisons at N_c closest to the paper's 2500",
+if not section.claims.check("The low-SCE selection is nearly clean: under 1% poisons at N_c closest to the paper's 2500",
                         not paper_size.empty and (paper_size["poison share (%)"] < 1).all(),
                         ", ".join(f"{r['victim']}: {r['poisons kept']} of {r['N_c']} kept are poisons ({r['poison share (%)']:.1f}%; {r['target-class slots that are poisons (%)']:.0f}% of the target class's slots)" for _, r in paper_size.iterrows())) and not paper_size.empty:
     # The selection keeps the n_c lowest-SCE samples of each class: do the poisons score lower than the clean target-class images?
     lower = all(sce_medians[v][0] < sce_medians[v][1] for v in paper_size["victim"])
-    run.claims.diagnose(("the poisons score a lower SCE than the clean images of the target class they are labelled with, so the "
+    section.claims.diagnose(("the poisons score a lower SCE than the clean images of the target class they are labelled with, so the "
                          "per-class selection fills the target class's slots with them first" if lower else
                          "the poisons do not all score a lower SCE than the clean target-class images, so SCE ranking alone does not explain it")
                         + " (median SCE, poisons vs clean target class: " + ", ".join(f"{v} {p:.3f} vs {c:.3f}" for v, (p, c) in sce_medians.items()) + ")")
 # Table III's BadNets-10% ASR ranges from 8.8% (N_c 3000) to 16.1% (N_c 1000): under 10% only at 2000-3000.
-if not run.claims.check("PAD-FT keeps ASR within Table III's range at every N_c tried (at most 16.1%)",
+if not section.claims.check("PAD-FT keeps ASR within Table III's range at every N_c tried (at most 16.1%)",
                         first.backdoored and (ablation["asr"] <= 16.1).all(), ", ".join(f"N_c {r.N_c}: ASR {r.asr:.1f}%" for r in ablation.itertuples())) and first.backdoored:
     # Is the selection the cause?  The same PAD-FT on the same set with the known poisons taken out first (an oracle).
-    oracle = run.defend(first, "pad_ft", without_poisons=True).history[-1]
-    run.claims.diagnose(("the selection: " if oracle["asr"] <= 16.1 else "not the selection alone: ")
+    oracle = section.defend(first, "pad_ft", without_poisons=True).history[-1]
+    section.claims.diagnose(("the selection: " if oracle["asr"] <= 16.1 else "not the selection alone: ")
                         + ", ".join(f"N_c {r.N_c}: {r.kept_poisons} poisons kept, ASR {r.asr:.1f}%" for r in ablation.itertuples())
                         + f"; with the poisons taken out before selecting (default N_c), ASR {oracle['asr']:.1f}%, ACC {oracle['acc']:.1f}%")
 pivot = comparison[comparison["backdoored"]].pivot_table(index="attack", columns="defense", values="asr")
-if not run.claims.check("Fine-tuning after clipping helps: PAD-FT's ASR is below PAD's on every victim",
+if not section.claims.check("Fine-tuning after clipping helps: PAD-FT's ASR is below PAD's on every victim",
                         not pivot.empty and (pivot["pad_ft"] < pivot["pad"]).all(),
                  ", ".join(f"{a}: PAD {r.pad:.1f}%, PAD-FT {r.pad_ft:.1f}%" for a, r in pivot.iterrows())) and not pivot.empty:
     # Fine-tuning re-teaches the trigger if the tuning set holds poisons: tune the same victims on the oracle set.
-    oracle_asr = {f"{a} {r:g}": [run.defend(v, m, without_poisons=True).history[-1]["asr"] for m in ("pad", "pad_ft")]
-                  for a, r in parse_specs(s["victims"]) for v in [run.victim(a, r)] if v.backdoored}
+    oracle_asr = {f"{a} {r:g}": [section.defend(v, m, without_poisons=True).history[-1]["asr"] for m in ("pad", "pad_ft")]
+                  for a, r in parse_specs(s["victims"]) for v in [section.victim(a, r)] if v.backdoored}
     kept = comparison[comparison["defense"] == "pad_ft"].set_index("attack")["kept_poisons"]
-    run.claims.diagnose("PAD-FT tunes on the low-SCE set, poisons included (" + ", ".join(f"{a}: {int(k)}" for a, k in kept.items())
+    section.claims.diagnose("PAD-FT tunes on the low-SCE set, poisons included (" + ", ".join(f"{a}: {int(k)}" for a, k in kept.items())
                         + " kept); with the poisons taken out before selecting: "
                         + ", ".join(f"{v}: PAD {pad:.1f}%, PAD-FT {pad_ft:.1f}%" for v, (pad, pad_ft) in oracle_asr.items()))
-run.finish();
+section.finish();

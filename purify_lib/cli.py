@@ -6,7 +6,7 @@ import sys
 from .errors import PurifyError
 
 
-def run_cli(main, argv=None) -> None:
+def invoke(main, argv=None) -> None:
     try:
         code = main(argv)
     except PurifyError as exc:

@@ -25,18 +25,15 @@ from pathlib import Path
 
 import torch
 
-from .defenses import DATA_FRACTION, DEFAULT_FRACTION, DEFENSES, NEEDS_POISONED_DATA, TEST_SPLIT_PER_CLASS, Defended, parameters_of, purify
-from .defenses.mmbd import insert_clips
+from .defenses import DEFENSES, Defended, budget, get_defense, parameters_of, purify
 from .data import ImageSet
-from .errors import PurifyError, choose
+from .errors import PurifyError
 from .files import load_checkpoint, locked, save_checkpoint
 from .metrics import Evaluator
 from .precision import resolve_precision
 from .profiles import get_profile
 from .zoo import zoo_dir
 
-# Defenses whose purified model carries activation-clipping layers the victim does not have.
-CLIPPED = {"mmbd", "pad", "pad_ft"}
 # What every defense runs on; each defense adds its own module and the defense modules that one imports.
 _SHARED = [Path(__file__), *(Path(__file__).parent / name for name in ("models.py", "metrics.py", "train.py", "data.py", "precision.py"))]
 
@@ -44,7 +41,7 @@ _SHARED = [Path(__file__), *(Path(__file__).parent / name for name in ("models.p
 def code_files(name: str) -> list[Path]:
     """The code defense ``name`` runs: this module, the models, metrics, tuning and data code, its own
     module and the defense modules it imports (``base.py``'s tuning loop among them)."""
-    files, stack = [], [Path(sys.modules[DEFENSES[choose("defense", name, DEFENSES)].__module__].__file__)]
+    files, stack = [], [Path(sys.modules[get_defense(name).module].__file__)]
     while stack:
         path = stack.pop()
         if path not in files:
@@ -84,8 +81,8 @@ def cached_defense(victim, name: str, settings: dict, data_spec: dict, evaluate,
     with locked(folder / f"{label}.lock"):
         if record_path.exists():
             model = copy.deepcopy(victim.model).cpu()
-            if name in CLIPPED:
-                insert_clips(model)
+            if DEFENSES[name].rebuild is not None:  # the purified model's own layers (MM-BD's clipping), before its weights load
+                DEFENSES[name].rebuild(model)
             try:
                 record = load_checkpoint(model, weights, record_path)
                 device = next(victim.model.parameters()).device
@@ -126,12 +123,14 @@ def defend(victim, name: str, profile=None, evaluate: bool = True, data_fraction
     from one that lacks the signal.  With ``cache`` (the default) the purified
     model and its report are stored beside the victim zoo and a repeated call loads them.
     """
-    choose("defense", name, DEFENSES)
+    spec = get_defense(name)
     profile = get_profile(profile or victim.profile)
-    settings = {**profile.defense_params(name), **params}
-    if without_poisons and name not in NEEDS_POISONED_DATA:
-        raise PurifyError(f"without_poisons is for the defenses that use the poisoned training set ({', '.join(sorted(NEEDS_POISONED_DATA))}), not {name!r}")
-    if name in NEEDS_POISONED_DATA:
+    settings = {**budget(name, profile), **params}
+    poisoned_data = spec.data == "poisoned"
+    if without_poisons and not poisoned_data:
+        poisoned_names = ", ".join(sorted(n for n, d in DEFENSES.items() if d.data == "poisoned"))
+        raise PurifyError(f"without_poisons is for the defenses that use the poisoned training set ({poisoned_names}), not {name!r}")
+    if poisoned_data:
         poisoned = victim.poisoned_train()
         data, marked = poisoned.data, poisoned.poisoned
         if without_poisons:
@@ -139,19 +138,19 @@ def defend(victim, name: str, profile=None, evaluate: bool = True, data_fraction
             clean[marked] = False
             data, marked = data.subset(torch.nonzero(clean).squeeze(1)), marked[:0]
         settings["poisoned"] = marked
-    elif name in TEST_SPLIT_PER_CLASS:
+    elif spec.data == "test":
         if data_fraction is not None:
-            raise PurifyError(f"{name} takes its clean images from the test split, {TEST_SPLIT_PER_CLASS[name]} per class as its code does; "
+            raise PurifyError(f"{name} takes its clean images from the test split, {spec.per_class} per class as its code does; "
                               f"pass per_class, not data_fraction={data_fraction}")
-        per_class = per_class or TEST_SPLIT_PER_CLASS[name]
+        per_class = per_class or spec.per_class
         data = first_per_class(victim.splits.test, per_class)
     else:
         if per_class is not None:
             data_fraction = per_class * victim.splits.num_classes / victim.splits.defense_base_size
-        data_fraction = data_fraction or DATA_FRACTION.get(name, DEFAULT_FRACTION)
+        data_fraction = data_fraction or spec.fraction
         data = victim.splits.defense_data(data_fraction)
     if triggered_oracle:
-        if name in NEEDS_POISONED_DATA or victim.attack is None:
+        if poisoned_data or victim.attack is None:
             raise PurifyError(f"triggered_oracle needs a clean-data defense on a backdoored victim; got {name!r} on {victim.path.stem}")
         data = ImageSet(victim.attack.apply(data.images), data.labels, data.indices)
     evaluator = Evaluator(victim.splits.test, victim.attack, profile.progress_eval_size,
@@ -168,13 +167,13 @@ def defend(victim, name: str, profile=None, evaluate: bool = True, data_fraction
 
     if not cache:
         return run()
-    if name in NEEDS_POISONED_DATA:
-        spec = {"poisoned_train": True, **({"without_poisons": True} if without_poisons else {})}
-    elif name in TEST_SPLIT_PER_CLASS:
-        spec = {"test_per_class": per_class, "size": len(data)}
+    if poisoned_data:
+        data_spec = {"poisoned_train": True, **({"without_poisons": True} if without_poisons else {})}
+    elif spec.data == "test":
+        data_spec = {"test_per_class": per_class, "size": len(data)}
     else:
-        spec = {"fraction": data_fraction, "size": len(data), "from": victim.splits.defense_from}
+        data_spec = {"fraction": data_fraction, "size": len(data), "from": victim.splits.defense_from}
     if triggered_oracle:
-        spec["triggered_oracle"] = True
+        data_spec["triggered_oracle"] = True
     evaluated = {"progress_size": profile.progress_eval_size} if evaluate and profile.progress_eval_size else evaluate
-    return cached_defense(victim, name, settings, spec, evaluated, run, zoo_dir() / "defended")
+    return cached_defense(victim, name, settings, data_spec, evaluated, run, zoo_dir() / "defended")

@@ -8,16 +8,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from .report import PROJECT_ROOT
+from .attacks import ATTACKS
+from .defenses import DEFENSES, budget
+from .paths import PROJECT_ROOT
 
 TABLES_ENV = "PURIFY_PAPER_TABLES"
-ATTACK_NAMES = {"badnets": {"BadNet", "BadNets", "Badnets"}, "blended": {"Blended", "Blend"}, "sig": {"SIG"},
-                "wanet": {"WaNet"}, "lf": {"LF"}, "lc": {"LC", "CLB"}, "iad": {"Input-aware", "Dyn-one"},
-                "ssba": {"SSBA", "ISSBA"}, "adaptive_blend": {"Adaptive-Blend"}, "trojannn": {"Troj-one"}}
-DEFENSE_NAMES = {"ft": {"FT", "Vanilla FT"}, "lp": {"LP"}, "fe_tuning": {"FE-tuning"}, "ft_init": {"FT-init"}, "fst": {"FST"},
-                 "nft": {"NFT"}, "d3": {"D3"}, "pad": {"PAD"}, "pad_ft": {"PAD-FT"}, "mmbd": {"MM-BD"},
-                 "ft_sam": {"FT-SAM", "FT+SAM"}, "anp": {"ANP"}, "ibau": {"I-BAU", "i-BAU"}, "nad": {"NAD"}, "fp": {"FP"}, "nc": {"NC"},
-                 "sau": {"SAU"}, "rnp": {"RNP"}, "none": {"No Defense"}}
+def attack_names(attack: str) -> set[str]:
+    """The names the papers' tables give attack ``attack``, as its class declares them (``published``)."""
+    return set(ATTACKS[attack].published) if attack in ATTACKS else {attack}
+
+
+def defense_names(defense: str) -> set[str]:
+    """The names the papers' tables give defense ``defense``, as its module declares them; ``none``: no defense."""
+    if defense == "none":
+        return {"No Defense"}
+    return set(DEFENSES[defense].published) if defense in DEFENSES else {defense}
 
 
 # Which of our runs a published cell is set beside, where the paper ran a configuration other than our
@@ -43,7 +48,7 @@ def configuration_note(paper: str, defense: str, profile, run_params: dict | Non
     """How the published cell's configuration relates to our run's: what the paper ran where it differs from
     our default, and where the profile cuts the budget (``run_params``: a cut of our own, by name)."""
     notes = [note for note in (CONFIGURATION.get((paper, defense)), PAPER_SETUP.get(paper)) if note]
-    cut = {**profile.defense_params(defense), **(run_params or {})} if defense != "none" else {}
+    cut = {**budget(defense, profile), **(run_params or {})} if defense != "none" else {}
     if cut:
         notes.append(f"ours cut at profile {profile.name}: " + ", ".join(f"{k} {v}" for k, v in cut.items()))
     return "; ".join(notes) or "same configuration"
@@ -72,8 +77,8 @@ def published(frame: pd.DataFrame, attack: str, rate: float, defense: str, datas
     Only ResNet-18-family rows (or rows whose model is not stated) at the paper's default setting are taken: no ``setting`` axis, or PAD-FT's
     stated N_c = 2500.
     """
-    rows = frame[(frame["dataset"] == dataset) & frame["attack"].isin(ATTACK_NAMES.get(attack, {attack}))
-                 & frame["defense"].isin(DEFENSE_NAMES.get(defense, {defense})) & (frame["setting"].isna() | (frame["setting"] == "Nc=2500"))
+    rows = frame[(frame["dataset"] == dataset) & frame["attack"].isin(attack_names(attack))
+                 & frame["defense"].isin(defense_names(defense)) & (frame["setting"].isna() | (frame["setting"] == "Nc=2500"))
                  & (pd.to_numeric(frame["poison_rate_pct"], errors="coerce").round(3) == round(rate * 100, 3))
                  & frame["metric"].isin(["ACC", "ASR"])
                  & (frame["model"].str.replace("-", "").str.contains("ResNet18") | (frame["model"] == "not stated"))]

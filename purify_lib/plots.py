@@ -1,7 +1,7 @@
 """One look for every figure and table, and where they are written.
 
 ``save_figure`` writes PNG and PDF, ``save_table`` CSV and Markdown, each atomically and each
-carrying the run record (commit, profile, parameters, versions; see ``report.run_record``).
+carrying the run record (commit, profile, parameters, versions; see ``provenance.run_record``).
 """
 from __future__ import annotations
 
@@ -79,3 +79,34 @@ def save_table(frame: pd.DataFrame, name: str, folder: str | Path, caption: str 
     with atomic_path(md) as tmp:
         tmp.write_text((f"{caption}\n\n" if caption else "") + markdown(frame) + footer)
     return [csv, md]
+
+
+def metric_lines(frame: pd.DataFrame, x: str, hue: str, col: str, title: str, metrics=("acc", "asr"), log_x: bool = False):
+    """One panel per (metric, value of ``col``): each ``hue`` a line of ``metric`` against ``x``, victims whose
+    backdoor was not learned ringed.  Returns the figure."""
+    columns = list(dict.fromkeys(frame[col]))
+    fig, axes = plt.subplots(len(metrics), len(columns), figsize=(4.2 * len(columns), 3.25 * len(metrics)), squeeze=False, sharex=True)
+    for j, value in enumerate(columns):
+        part = frame[frame[col] == value]
+        for i, metric in enumerate(metrics):
+            ax = axes[i, j]
+            sns.lineplot(data=part, x=x, y=metric, hue=hue, style=hue, markers=True, dashes=False, ax=ax, legend=(i == 0 and j == len(columns) - 1))
+            mark_not_learned(ax, part, x, metric)
+            ax.set(xscale="log" if log_x else "linear", xlabel=x, ylabel=metric.upper() + " (%)", title=f"{value}: {metric.upper()}")
+    if axes[0, -1].get_legend():
+        sns.move_legend(axes[0, -1], "upper left", bbox_to_anchor=(1.02, 1))
+    fig.suptitle(title)
+    return fig
+
+
+def heatmaps(frame: pd.DataFrame, index: str, columns: str, title: str, order=None, metrics=(("asr", "rocket_r"), ("acc", "mako"))):
+    """Side-by-side annotated heatmaps of each metric, ``index`` down (named once, on the left), ``columns`` across
+    (``order``: which, in what order; default all, as they first appear)."""
+    rows, order = list(dict.fromkeys(frame[index])), order or list(dict.fromkeys(frame[columns]))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(13, 0.5 * len(rows) + 2.2), sharey=True, squeeze=False)
+    for ax, (metric, cmap) in zip(axes[0], metrics):
+        grid = frame.pivot_table(index=index, columns=columns, values=metric, sort=False).reindex(index=rows, columns=order)
+        sns.heatmap(grid, annot=True, fmt=".0f", cmap=cmap, vmin=0, vmax=100, ax=ax, cbar=False)
+        ax.set(title=f"{metric.upper()} (%) after each defense", xlabel="", ylabel="")
+    fig.suptitle(title)
+    return fig

@@ -16,12 +16,12 @@ import os
 import platform
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from .attacks import Attack, Poisoned, make_attack
+from .attacks import ATTACKS, Attack, Poisoned, make_attack
 from .data import ImageSet, Splits, cache_dir, load_dataset, make_splits
 from .errors import PurifyError
 from .files import atomic_path, load_checkpoint, load_tensors, locked, save_checkpoint, save_tensors
@@ -29,7 +29,7 @@ from .metrics import evaluate, pick_device, triggered_test_set
 from .models import make_model
 from .precision import resolve_precision
 from .profiles import Profile, get_profile
-from .report import machine
+from .provenance import machine
 from .seeds import seed_global
 from .train import train_model
 
@@ -109,6 +109,23 @@ def config_key(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def attack_budget(attack: str | None, profile: Profile) -> dict:
+    """The settings attack ``attack`` trains with under ``profile``: its declared budget for the profile's name,
+    then the profile's own ``attack_settings`` for it on top (none for a clean model or an unknown name)."""
+    if attack is None or attack not in ATTACKS:  # an unknown name is refused where the attack is made
+        return {}
+    return {**ATTACKS[attack].budget(profile.name), **profile.attack_params(attack)}
+
+
+def seeded_victim(attack: str | None, poison_rate: float, profile, victim_seed: int = 0, **kwargs) -> "Victim":
+    """``get_victim`` with one seed for all a victim is made of: its split and poisons (``split_seed``) and its
+    training (the recipe's seed: initial weights, batch order, augmentation).  Seed 0 is the profile's own victim."""
+    profile = get_profile(profile)
+    if victim_seed != profile.recipe.seed:
+        profile = get_profile(profile, recipe=replace(profile.recipe, seed=victim_seed))
+    return get_victim(attack, poison_rate, profile, split_seed=victim_seed, **kwargs)
+
+
 def get_victim(attack: str | None = "badnets", poison_rate: float = 0.1, profile: str | Profile | None = None, *,
                attack_params: dict | None = None, split_seed: int = 0, device=None, data_root=None,
                zoo: str | os.PathLike | None = None, progress: bool = True, precision: str | None = None,
@@ -124,7 +141,7 @@ def get_victim(attack: str | None = "badnets", poison_rate: float = 0.1, profile
     device = pick_device(device)
     precision = resolve_precision(device, precision)
     dataset, splits = _profile_splits(profile, split_seed, data_root)
-    attack_obj = _checked_attack(attack, {**(profile.attack_params(attack) if attack else {}), **(attack_params or {})}, poison_rate, splits)
+    attack_obj = _checked_attack(attack, {**attack_budget(attack, profile), **(attack_params or {})}, poison_rate, splits)
     with torch.random.fork_rng(devices=[]):  # the initial weights from a stream of their own (they were unseeded)
         seed_global("model-init", profile.recipe.seed)
         model = make_model(profile.model, dataset.num_classes, profile.width, profile.dataset)
@@ -197,7 +214,7 @@ def check_requests(requests, profile: str | Profile | None = None, *, split_seed
     _, splits = _profile_splits(profile, split_seed, data_root)
     make_model(profile.model, splits.num_classes, profile.width, profile.dataset)
     for attack, rate in requests:
-        _checked_attack(attack, profile.attack_params(attack) if attack else None, rate, splits)
+        _checked_attack(attack, attack_budget(attack, profile) if attack else None, rate, splits)
     return profile
 
 

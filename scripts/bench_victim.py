@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms import v2
 
-from purify_lib.cli import run_cli
+from purify_lib.cli import invoke
 from purify_lib.data import load_dataset
 from purify_lib.metrics import pick_device
 from purify_lib.models import make_model
@@ -94,4 +94,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    invoke(main)

@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
-from purify_lib.cli import run_cli  # noqa: E402
+from purify_lib.cli import invoke  # noqa: E402
 from purify_lib.errors import PurifyError  # noqa: E402
 
 VICTIMS = (("badnets", {}), ("wanet", {}), ("iad", {"mask_epochs": 1}))
@@ -57,7 +57,7 @@ def reset_peak(device) -> None:
 
 
 def header(profile, device, precision) -> list[str]:
-    from purify_lib.report import machine
+    from purify_lib.provenance import machine
 
     facts = machine()
     gpu = f"{facts['gpu']} (compute capability {facts['gpu_capability']}), CUDA {facts['cuda']}, cuDNN {facts['cudnn']}, driver {facts['driver']}" \
@@ -236,4 +236,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    invoke(main)

@@ -23,16 +23,16 @@ from pathlib import Path
 
 import torch
 
-from purify_lib.cli import run_cli
+from purify_lib.cli import invoke
 from purify_lib.data import balanced_subset
 from purify_lib.defend import defend
-from purify_lib.defenses import DATA_FRACTION, DEFAULT_FRACTION, parameters_of, purify
+from purify_lib.defenses import DEFENSES, budget, parameters_of, purify
 from purify_lib.defenses.finetune import BACKDOORBENCH_FT
 from purify_lib.defenses.rnp import prune_by_masks
 from purify_lib.errors import PurifyError
 from purify_lib.metrics import Evaluator, evaluate
 from purify_lib.profiles import get_profile
-from purify_lib.report import machine
+from purify_lib.provenance import machine
 from purify_lib.zoo import get_victim
 
 OUT = Path("figures/fidelity")
@@ -131,8 +131,8 @@ def defense_data(args) -> None:
     evaluator = Evaluator(victim.splits.test, victim.attack, profile.progress_eval_size)
     rows = [victim_row(victim, defense="none (victim)")]
     for name in CLEAN_DATA_DEFENSES:
-        count = round(DATA_FRACTION.get(name, DEFAULT_FRACTION) * victim.splits.full_train_size)
-        settings = {**parameters_of(name), **profile.defense_params(name)}
+        count = round(DEFENSES[name].fraction * victim.splits.full_train_size)
+        settings = {**parameters_of(name), **budget(name, profile)}
         for source, pool in (("training set", victim.splits.train), ("held out", victim.splits.reserve)):
             data = balanced_subset(pool, count, victim.splits.num_classes, seed=0)
             rows.append(result_row(purify(name, victim.model, data, evaluator, **settings), defense=name, data=source, images=len(data)))
@@ -169,8 +169,6 @@ def nc_before(args) -> None:
     import sys
     import tempfile
 
-    from purify_lib.defenses import DEFAULT_FRACTION
-
     source = subprocess.run(["git", "show", f"{NC_BEFORE}:purify_lib/defenses/nc.py"], capture_output=True, text=True, check=True).stdout
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as handle:
         handle.write(source)
@@ -182,8 +180,8 @@ def nc_before(args) -> None:
     evaluator = Evaluator(victim.splits.test, victim.attack, victim.profile.progress_eval_size)
     rows = []
     for passes in args.passes:
-        result = module.nc(victim.model, victim.splits.defense_data(DEFAULT_FRACTION), evaluator, reverse_epochs=passes,
-                           **{k: v for k, v in victim.profile.defense_params("nc").items() if k != "reverse_epochs"})
+        result = module.nc(victim.model, victim.splits.defense_data(DEFENSES["nc"].fraction), evaluator, reverse_epochs=passes,
+                           **{k: v for k, v in budget("nc", victim.profile).items() if k != "reverse_epochs"})
         rows.append(nc_row(result, victim.attack.target, code=f"before ({NC_BEFORE})", passes=passes))
     write("nc_before", f"Neural Cleanse as the code was at {NC_BEFORE} (no augmentation, bf16, the last pass's fallback mask) "
           "on the same BadNets-10% victim and defense data as `nc_passes_*.md`.", rows)
@@ -246,7 +244,7 @@ def published_configs(args) -> None:
 
     frame = paper_tables.load()
     profile = get_profile("cpu")
-    names = {published: ours for ours, spelled in paper_tables.DEFENSE_NAMES.items() for published in spelled}
+    names = {published: ours for ours in [*DEFENSES, "none"] for published in paper_tables.defense_names(ours)}
     cells = frame[(frame["dataset"] == "CIFAR-10") & frame["metric"].isin(["ACC", "ASR"]) & frame["setting"].isna()]
     rows = []
     for (paper, table_name, defense), part in cells.groupby(["paper", "table", "defense"]):
@@ -282,4 +280,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    invoke(main)

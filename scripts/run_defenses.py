@@ -11,7 +11,7 @@ import argparse
 import csv
 from pathlib import Path
 
-from purify_lib.cli import parse_specs, run_cli
+from purify_lib.cli import parse_specs, invoke
 from purify_lib.defend import defend
 from purify_lib.defenses import DEFENSES
 from purify_lib.errors import choose
@@ -75,4 +75,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    invoke(main)

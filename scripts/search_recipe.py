@@ -19,7 +19,7 @@ import argparse
 import json
 from dataclasses import replace
 
-from purify_lib.cli import run_cli
+from purify_lib.cli import invoke
 from purify_lib.errors import PurifyError
 from purify_lib.profiles import get_profile
 from purify_lib.train import Recipe
@@ -65,4 +65,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    invoke(main)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from purify_lib.cli import parse_specs, run_cli
+from purify_lib.cli import parse_specs, invoke
 from purify_lib.profiles import PROFILES, default_profile_name, get_profile
 
 DEMO = ["badnets:0.1", "blended:0.1", "wanet:0.1", "badnets:0.01", "blended:0.01"]
@@ -53,4 +53,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    invoke(main)

@@ -62,11 +62,14 @@ def test_profiles():
     assert get_profile("smoke", width=4).width == 4
     with pytest.raises(PurifyError, match="unknown profile setting.*colour"):
         get_profile("cpu", colour="red")
-    from purify_lib.defenses import parameters_of
+    from purify_lib.defenses import DEFENSES, budget, parameters_of
 
-    for profile in PROFILES.values():  # every budget override names a real parameter
-        for name, settings in profile.defense_settings.items():
-            assert set(settings) <= set(parameters_of(name)), (profile.name, name)
+    for profile in PROFILES.values():  # every budget names a real parameter
+        for name in DEFENSES:
+            assert set(budget(name, profile)) <= set(parameters_of(name)), (profile.name, name)
+    assert budget("nc", get_profile("cpu")) == {"reverse_epochs": 20, "epochs": 10}  # the budget nc.py declares for cpu
+    assert budget("nc", get_profile("cpu", defense_settings={"nc": {"epochs": 3}})) == {"reverse_epochs": 20, "epochs": 3}
+    assert budget("nc", get_profile("paper")) == {}
 
 
 def test_gpu_check_prints_its_report_on_a_cpu_under_smoke(tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from purify_lib import runner
+from purify_lib import execution
 from purify_lib.errors import PurifyError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,14 +34,14 @@ def shared_zoo(tmp_path_factory):
 
 
 def test_grid_expansion_and_labels():
-    assert runner.expand_grid([]) == [{}]
-    points = runner.expand_grid(["seed=[0,1]", "per_group=[20]"])
+    assert execution.expand_grid([]) == [{}]
+    points = execution.expand_grid(["seed=[0,1]", "per_group=[20]"])
     assert points == [{"seed": 0, "per_group": 20}, {"seed": 1, "per_group": 20}]
-    assert runner.point_label("02_feature_shift", {}) == "02_feature_shift"
-    labels = {runner.point_label("02_feature_shift", p) for p in points}
+    assert execution.point_label("02_feature_shift", {}) == "02_feature_shift"
+    labels = {execution.point_label("02_feature_shift", p) for p in points}
     assert len(labels) == 2 and all(label.startswith("02_feature_shift@") for label in labels)
     with pytest.raises(PurifyError, match="must be a non-empty JSON list"):
-        runner.expand_grid(["seed=3"])
+        execution.expand_grid(["seed=3"])
 
 
 def test_local_executor_runs_two_notebooks_over_one_shared_zoo(tmp_path):
@@ -144,7 +144,7 @@ class FakeJob:
         self.job_id, self.fn, self.args, self.visible, self.paths = str(id(self)), fn, args, visible, None
 
     def result(self):
-        if self.fn is runner.train_victim:
+        if self.fn is execution.train_victim:
             return {"victim": self.args[1]["victim"], "status": "trained", "seconds": 0.0}
         return {"notebook": self.args[0], "status": "ran", "seconds": 0.0, "claims": []}
 
@@ -180,7 +180,7 @@ def test_the_local_executor_gives_each_job_gpus_of_its_own(monkeypatch):
     _fake_submitit(monkeypatch, submitted)
     monkeypatch.setattr(run_all_module, "local_gpu_count", lambda: 3)
     monkeypatch.setattr(run_all_module, "progress", lambda *args: None)
-    monkeypatch.setattr(runner, "victims_to_train", lambda tasks, profile: [])
+    monkeypatch.setattr(execution, "victims_to_train", lambda tasks, profile: [])
     args = argparse.Namespace(executor="local", gpus=1, time=10, cpus=1, mem=1, partition=None, parallel=4)
     tasks = [(name, {}) for name in ("01_fine_tuning", "02_feature_shift", "03_nft_mixup", "04_distance")]
     run_all_module.run_submitit(tasks, "paper", {}, True, args)
@@ -205,16 +205,16 @@ def test_slurm_trains_the_victims_the_notebooks_need_first_each_once(monkeypatch
     def victim(name, entry, spec=True):
         attack, rate = name.split(":")
         item = {"kind": "victim", "victim": name, "entry": entry, "cached": True, "seconds": 1.0, "cost": 60.0}
-        return {**item, "spec": {"attack": attack, "rate": float(rate), "attack_params": {}, "split_seed": 0}} if spec else item
+        return {**item, "spec": {"attack": attack, "rate": float(rate), "attack_params": {}, "victim_seed": 0}} if spec else item
 
     records = {"01_fine_tuning": [victim("badnets:0.1", "badnets-0.1-a"), victim("blended:0.1", "blended-0.1-held")],
                "02_feature_shift": [victim("badnets:0.1", "badnets-0.1-a"), victim("sig:0.1", "sig-0.1-b"), victim("wanet:0.1", "wanet-0.1-c", spec=False)]}
-    monkeypatch.setattr(runner, "needs_record", lambda name, profile: {"items": records[name]})
+    monkeypatch.setattr(execution, "needs_record", lambda name, profile: {"items": records[name]})
     args = argparse.Namespace(executor="slurm", gpus=1, time=10, cpus=1, mem=1, partition=None, parallel=4)
     results = run_all_module.run_submitit([(name, {}) for name in records], "paper", {}, True, args)
-    assert [(job.fn.__name__, job.args[-1]["victim"] if job.fn is runner.train_victim else job.args[0]) for job in submitted] == [
+    assert [(job.fn.__name__, job.args[-1]["victim"] if job.fn is execution.train_victim else job.args[0]) for job in submitted] == [
         ("train_victim", "badnets:0.1"), ("train_victim", "sig:0.1"), ("execute", "01_fine_tuning"), ("execute", "02_feature_shift")]
-    assert submitted[0].args == ("paper", {"attack": "badnets", "rate": 0.1, "attack_params": {}, "split_seed": 0,
+    assert submitted[0].args == ("paper", {"attack": "badnets", "rate": 0.1, "attack_params": {}, "victim_seed": 0,
                                            "entry": "badnets-0.1-a", "victim": "badnets:0.1"})
     assert [r["status"] for r in results] == ["ran", "ran"]
     assert "victims first: submitted 2 job(s) to slurm" in capsys.readouterr().out

@@ -14,7 +14,6 @@ from purify_lib.attacks import ATTACKS, make_attack
 from purify_lib.data import ImageSet
 from purify_lib.defenses import DEFENSES
 from purify_lib.models import make_model
-from purify_lib.profiles import PROFILES
 
 META = torch.device("meta")
 
@@ -58,15 +57,14 @@ def test_the_meta_stand_ins_catch_a_tensor_made_off_the_data_device(meta_values)
 
 @pytest.mark.parametrize("name", sorted(DEFENSES))
 def test_every_defense_keeps_its_tensors_on_the_data_device(meta_values, name):
-    settings = PROFILES["smoke"].defense_settings.get(name, {})
-    result = DEFENSES[name](_meta_model(), _meta_data(), None, **settings)
+    result = DEFENSES[name](_meta_model(), _meta_data(), None, **DEFENSES[name].budget("smoke"))
     assert next(result.model.parameters()).device == META
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_every_attack_makes_its_triggers_on_the_data_device(meta_values, name):
     data = _meta_data()
-    settings = {**PROFILES["smoke"].attack_settings.get(name, {}), **({"steps": 2} if name in ("ssba", "trojannn", "lc") else {})}
+    settings = {**ATTACKS[name].budget("smoke"), **({"steps": 2} if name in ("ssba", "trojannn", "lc") else {})}
     attack = make_attack(name, **settings)
     if hasattr(attack, "clean_model"):  # LC and TrojanNN craft their triggers on a clean model
         attack.clean_model = _meta_model()

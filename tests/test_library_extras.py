@@ -124,16 +124,17 @@ def test_figure_and_claims_carry_the_run_record(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    from purify_lib import plots, report
+    from purify_lib import claims as claims_module
+    from purify_lib import paths, plots
 
     monkeypatch.setenv("PURIFY_BUILD", str(tmp_path))
-    assert report.figures_dir("cpu") == tmp_path / "figures" / "cpu"  # never the committed folder from tests
+    assert paths.figures_dir("cpu") == tmp_path / "figures" / "cpu"  # never the committed folder from tests
     fig, ax = plt.subplots()
     ax.plot([0, 1])
     png, pdf = plots.save_figure(fig, "line", tmp_path, {"commit": "abc", "profile": "smoke"})
     assert json.loads(Image.open(png).text["Description"]) == {"commit": "abc", "profile": "smoke"}
     assert pdf.read_bytes().startswith(b"%PDF")
-    claims = report.Claims("nb", "smoke")
+    claims = claims_module.Claims("nb", "smoke")
     claims.check("a holds", True, "1")
     claims.check("b holds", False, "2")
     assert [row["passed"] for row in claims.report()] == [True, False]
@@ -151,23 +152,23 @@ def test_markdown_keeps_small_numbers_readable():
     assert markdown(pd.DataFrame({"claim": ["a | b"]})).splitlines()[2] == "| a \\| b |"
 
 
-def test_finished_run_lists_its_verdicts_beside_its_figures(tmp_path, monkeypatch):
-    from purify_lib.run import Run
+def test_finished_section_lists_its_verdicts_beside_its_figures(tmp_path, monkeypatch):
+    from purify_lib.section import Section
 
     monkeypatch.setenv("PURIFY_BUILD", str(tmp_path))
-    run = Run("nb", "smoke")
-    run.claims.check("a holds", True, "1%")
+    section = Section("nb", "smoke")
+    section.claims.check("a holds", True, "1%")
     with pytest.raises(ValueError, match="only one that differs"):
-        run.claims.diagnose("a passing claim has nothing to explain")
-    run.claims.check("b holds", False, "2%")
-    run.claims.diagnose("b needs more epochs: 3% at 10, 1% at 20")
-    run.finish()
-    table = (run.figures / "claims_nb.md").read_text().splitlines()
+        section.claims.diagnose("a passing claim has nothing to explain")
+    section.claims.check("b holds", False, "2%")
+    section.claims.diagnose("b needs more epochs: 3% at 10, 1% at 20")
+    section.finish()
+    table = (section.figures / "claims_nb.md").read_text().splitlines()
     assert table[2:6] == ["| verdict | claim | measured | diagnosis |", "|---|---|---|---|", "| PASS | a holds | 1% |  |",
                           "| DIFFERS | b holds | 2% | b needs more epochs: 3% at 10, 1% at 20 |"]
-    needs = json.loads((run.figures / "needs_nb.json").read_text())
-    assert needs["items"] == [] and needs["requested"] == {"device": "auto", "seed": 0}
-    manifest = json.loads((run.figures / "manifest.json").read_text())
+    needs = json.loads((section.figures / "needs_nb.json").read_text())
+    assert needs["items"] == [] and needs["requested"] == {"device": "auto", "seed": 0, "victim_seed": 0}
+    manifest = json.loads((section.figures / "manifest.json").read_text())
     assert manifest["claims_nb.md"]["notebook"] == "nb" and manifest["claims_nb.csv"]["profile"] == "smoke"
 
 

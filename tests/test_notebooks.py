@@ -14,10 +14,10 @@ from pathlib import Path
 import jupytext
 import pytest
 
-from purify_lib import runner
+from purify_lib import execution
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMES = runner.notebook_names()
+NAMES = execution.notebook_names()
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def _without_jupytext_version(text):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_runs_under_smoke_through_papermill(smoke_env, name):
-    result = runner.execute(name, "smoke")
+    result = execution.execute(name, "smoke")
     assert result["status"] == "ran", result.get("error")
     executed = json.loads((smoke_env / "build" / "smoke" / f"{name}.ipynb").read_text())
     assert any("parameters" in c["metadata"].get("tags", []) for c in executed["cells"])
@@ -85,7 +85,7 @@ def test_notebook_runs_under_smoke_through_papermill(smoke_env, name):
     for file in stamp["outputs"]:
         assert manifest[file]["notebook"] == name and manifest[file]["profile"] == "smoke"
     # Nothing changed: the second call skips it.
-    assert runner.execute(name, "smoke")["status"] == "unchanged"
+    assert execution.execute(name, "smoke")["status"] == "unchanged"
 
 
 def test_a_missing_output_or_stamp_means_rerun(smoke_env):
@@ -94,31 +94,31 @@ def test_a_missing_output_or_stamp_means_rerun(smoke_env):
     stamp = build / "smoke" / f"{name}.done.json"
     if not stamp.exists():
         pytest.skip("the papermill test of this notebook did not run")
-    digest = runner.input_digest(name, {"profile": "smoke"})
-    assert runner.up_to_date(stamp, digest, name, "smoke")
-    assert not runner.up_to_date(stamp, runner.input_digest(name, {"profile": "smoke", "seed": 1}), name, "smoke")
+    digest = execution.input_digest(name, {"profile": "smoke"})
+    assert execution.up_to_date(stamp, digest, name, "smoke")
+    assert not execution.up_to_date(stamp, execution.input_digest(name, {"profile": "smoke", "seed": 1}), name, "smoke")
     output = next(iter(json.loads(stamp.read_text())["outputs"]))
     figure = smoke_env / "build" / "figures" / "smoke" / output
     saved = figure.read_bytes()
     figure.write_bytes(saved[: len(saved) // 2])  # a half-written figure is not a finished one
-    assert not runner.up_to_date(stamp, digest, name, "smoke")
+    assert not execution.up_to_date(stamp, digest, name, "smoke")
     figure.write_bytes(saved)
     stamp.write_text("{")  # an interrupted stamp write
-    assert not runner.up_to_date(stamp, digest, name, "smoke")
+    assert not execution.up_to_date(stamp, digest, name, "smoke")
 
 
 def test_plan_lists_recorded_needs_against_the_zoo_and_runs_nothing(smoke_env, monkeypatch):
     name = "02_feature_shift"
-    record = runner.needs_record(name, "smoke")
+    record = execution.needs_record(name, "smoke")
     if record is None:
         pytest.skip("the papermill test of this notebook did not run")
     kinds = {item["kind"] for item in record["items"]}
     assert kinds == {"victim", "defense"}, "the record must name the notebook's victims and defense runs"
     for item in (item for item in record["items"] if item["kind"] == "victim"):  # a spec a cluster run trains it from first
-        assert runner.train_victim("smoke", {**item["spec"], "victim": item["victim"]}) == {
+        assert execution.train_victim("smoke", {**item["spec"], "victim": item["victim"]}) == {
             "victim": item["victim"], "status": "loaded", "seconds": pytest.approx(0, abs=60), "entry": item["entry"]}
-    assert runner.plan([(name, {})], "smoke", {}).splitlines()[1] == f"{name}: up to date, nothing to run"
-    forced = runner.plan([(name, {})], "smoke", {}, force=True)
+    assert execution.plan([(name, {})], "smoke", {}).splitlines()[1] == f"{name}: up to date, nothing to run"
+    forced = execution.plan([(name, {})], "smoke", {}, force=True)
     assert "to train" not in forced and "to run, about" not in forced  # everything it used is in the zoo
     # Remove one defense result from the cache: the plan says it would be rerun, and costs it.
     defense = next(item for item in record["items"] if item["kind"] == "defense")
@@ -126,19 +126,19 @@ def test_plan_lists_recorded_needs_against_the_zoo_and_runs_nothing(smoke_env, m
     saved = entry.read_bytes()
     entry.unlink()
     try:
-        lines = runner.plan([(name, {})], "smoke", {}, force=True).splitlines()
+        lines = execution.plan([(name, {})], "smoke", {}, force=True).splitlines()
         assert sum("to run, about" in line for line in lines) == 1
         assert any(line.strip().startswith(f"defense {defense['defense']} on {defense['victim']}") and "to run" in line for line in lines)
         assert not entry.exists(), "planning must not run the defense"
         # Other parameter values than the record's: the plan says its list may not apply.
-        assert "recorded with other values of seed" in runner.plan([(name, {})], "smoke", {"seed": 1}, force=True)
+        assert "recorded with other values of seed" in execution.plan([(name, {})], "smoke", {"seed": 1}, force=True)
     finally:
         entry.write_bytes(saved)
     # One defense's code edited: its runs are redone, the other defenses' stay cached.
     defend_module = importlib.import_module("purify_lib.defend")
     real = defend_module.code_digest
     monkeypatch.setattr(defend_module, "code_digest", lambda method: "edited" if method == defense["defense"] else real(method))
-    lines = runner.plan([(name, {})], "smoke", {}, force=True).splitlines()
+    lines = execution.plan([(name, {})], "smoke", {}, force=True).splitlines()
     assert f"the code of {defense['defense']} changed since" in lines[1]
     redone = [line for line in lines if "to run, about" in line]
     assert redone and all(line.strip().startswith(f"defense {defense['defense']} ") for line in redone)
@@ -147,8 +147,8 @@ def test_plan_lists_recorded_needs_against_the_zoo_and_runs_nothing(smoke_env, m
 def test_breakdown_splits_wall_time_by_what_was_computed():
     record = {"items": [{"kind": "victim", "cached": False, "seconds": 30.0}, {"kind": "victim", "cached": True, "seconds": 2.0},
                         {"kind": "defense", "cached": False, "seconds": 10.0}, {"kind": "defense", "cached": True, "seconds": 1.0}]}
-    assert runner.breakdown(record, 50.0) == {"victims": 30.0, "defenses": 10.0, "loads": 3.0, "other": 7.0}
-    assert runner.breakdown(None, 5.0) == {"victims": 0.0, "defenses": 0.0, "loads": 0.0, "other": 5.0}
+    assert execution.breakdown(record, 50.0) == {"victims": 30.0, "defenses": 10.0, "loads": 3.0, "other": 7.0}
+    assert execution.breakdown(None, 5.0) == {"victims": 0.0, "defenses": 0.0, "loads": 0.0, "other": 5.0}
 
 
 def test_nbval_lax_on_converted_notebooks(smoke_env, tmp_path):

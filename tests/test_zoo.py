@@ -254,15 +254,15 @@ def test_the_triggered_test_set_is_built_once_per_victim(isolated_cache, monkeyp
 def test_records_name_the_gpu_cuda_cudnn_and_driver_when_there_is_one(monkeypatch):
     import subprocess
 
-    from purify_lib import report
+    from purify_lib import provenance
 
-    assert "gpu" not in report.machine() or torch.cuda.is_available()
+    assert "gpu" not in provenance.machine() or torch.cuda.is_available()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     monkeypatch.setattr(torch.version, "cuda", "12.8")
     monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91000)
     monkeypatch.setattr(subprocess, "run", lambda *args, **kwargs: subprocess.CompletedProcess(args, 0, stdout="570.86\n"))
-    facts = report.machine()
+    facts = provenance.machine()
     assert {k: facts[k] for k in ("gpu", "gpu_capability", "cuda", "cudnn", "driver")} == {
         "gpu": "NVIDIA H200", "gpu_capability": "9.0", "cuda": "12.8", "cudnn": 91000, "driver": "570.86"}

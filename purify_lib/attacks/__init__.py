@@ -1,20 +1,18 @@
-"""Backdoor attacks, one module each, behind the ``Attack`` interface in ``base.py``."""
+"""Backdoor attacks, one module each, behind the ``Attack`` interface in ``base.py``.
+
+Every module of this package is imported here; defining an ``Attack`` subclass with a ``name`` registers it
+in ``ATTACKS``, so adding an attack is adding its module.
+"""
 from __future__ import annotations
 
-from ..errors import PurifyError, choose
-from .adaptive_blend import AdaptiveBlend
-from .badnets import BadNets
-from .base import Attack, Poisoned
-from .blended import Blended
-from .iad import IAD
-from .lc import LC
-from .lf import LF
-from .sig import SIG
-from .ssba import SSBA
-from .trojannn import TrojanNN
-from .wanet import WaNet
+import importlib
+import pkgutil
 
-ATTACKS = {cls.name: cls for cls in (BadNets, Blended, SIG, LF, WaNet, LC, AdaptiveBlend, TrojanNN, IAD, SSBA)}
+from ..errors import PurifyError, choose
+from .base import ATTACKS, Attack, Poisoned
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def make_attack(name: str, **params) -> Attack:

@@ -25,10 +25,11 @@ from .blended import Blended
 
 class AdaptiveBlend(Blended):
     name = "adaptive_blend"
+    published = frozenset({"Adaptive-Blend"})
 
-    def __init__(self, target: int = 0, alpha: float = 0.15, test_alpha: float = 0.2, pieces: int = 16,
+    def __init__(self, *, target: int = 0, alpha: float = 0.15, test_alpha: float = 0.2, pieces: int = 16,
                  masked_pieces: int = 8, cover_ratio: float = 1.0, trigger_path=None, pool: str = "all"):
-        super().__init__(target, test_alpha, trigger_path, pool)
+        super().__init__(target=target, alpha=test_alpha, trigger_path=trigger_path, pool=pool)
         side = round(pieces**0.5)
         if side * side != pieces or 32 % side:
             raise PurifyError(f"pieces={pieces} must be a square grid that divides 32 (4, 16, 64, ...)")
@@ -41,9 +42,9 @@ class AdaptiveBlend(Blended):
         self.train_alpha, self.test_alpha = alpha, test_alpha
         self.pieces, self.masked_pieces, self.cover_ratio = pieces, masked_pieces, cover_ratio
 
-    def params(self) -> dict:
-        return {**super().params(), "alpha": self.train_alpha, "test_alpha": self.test_alpha, "pieces": self.pieces,
-                "masked_pieces": self.masked_pieces, "cover_ratio": self.cover_ratio}
+    def key_value(self, field: str) -> tuple[str, object]:
+        # ``alpha`` is the training poisons' blend here; Blended's ``self.alpha`` holds the test one
+        return ("alpha", self.train_alpha) if field == "alpha" else super().key_value(field)
 
     def piece_masks(self, count: int, generator: torch.Generator) -> torch.Tensor:
         """``count`` boolean masks ``(count, 1, 32, 32)``, each covering ``pieces - masked_pieces`` random patches."""

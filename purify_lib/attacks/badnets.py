@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import choose
-from .base import Attack, pattern_digest, trigger_pattern
+from .base import Attack, trigger_pattern
 
 VARIANTS = ("backdoorbench", "nft")
 NFT_ALPHA = 0.6
@@ -39,9 +39,10 @@ class BadNets(Attack):
     pixels are blended with the pattern at alpha 0.6, black ones included)."""
 
     name = "badnets"
+    published = frozenset({"BadNet", "BadNets", "Badnets"})
 
-    def __init__(self, target: int = 0, trigger_path=None, pool: str = "all", variant: str = "backdoorbench"):
-        super().__init__(target, pool)
+    def __init__(self, *, target: int = 0, trigger_path=None, pool: str = "all", variant: str = "backdoorbench"):
+        super().__init__(target=target, pool=pool)
         self.variant = choose("badnets variant", variant, VARIANTS)
         if variant == "nft":
             self.pattern = nft_checkerboard() if trigger_path is None else trigger_pattern("", trigger_path, nft_checkerboard)
@@ -50,9 +51,6 @@ class BadNets(Attack):
         else:
             self.pattern = trigger_pattern("trigger_image.png", trigger_path, default_patch)
             self.mask = (self.pattern > 0).any(0, keepdim=True)
-
-    def params(self) -> dict:
-        return {**super().params(), "trigger": pattern_digest(self.pattern), **({"variant": self.variant} if self.variant != "backdoorbench" else {})}
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
         mask, pattern = self.mask.to(images.device), self.pattern.to(images.device)

@@ -1,7 +1,14 @@
-"""The one interface every attack implements, and the trigger-file lookup they share."""
+"""The one interface every attack implements, the registry, and the trigger-file lookup they share.
+
+An attack is one ``Attack`` subclass with a ``name``, in one module of this package: defining it registers
+it (``ATTACKS``), and ``purify_lib.attacks`` imports every module here.  Its constructor's parameters are
+keyword-only (registration refuses others) and each is kept as the attribute of the same name: the victim
+key is made of all of them (``params``), so no setting can be left out of it and serve a stale victim.
+"""
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +32,9 @@ class Poisoned:
     poisoned: torch.Tensor  # int64 indices into ``data``
 
 
+ATTACKS: dict[str, type["Attack"]] = {}
+
+
 class Attack:
     """All-to-one backdoor attack on uint8 images ``(N, C, H, W)``.
 
@@ -40,8 +50,36 @@ class Attack:
     training_controlled = False
     needs_clean_model = False  # LC: set ``clean_model`` before poisoning
     augments_after_poison = False  # training-controlled: ``augment`` replaces the recipe's, after ``poison_batch``
+    published: frozenset = frozenset()  # the names the papers' tables give it
+    budgets: dict = {}  # profile name -> (settings, one-line reason), where the attack's own training exceeds the profile's time
 
-    def __init__(self, target: int = 0, pool: str = "all"):
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if not cls.name:  # a base for others, not an attack of its own
+            return
+        where = f"attack {cls.name} ({cls.__module__})"
+        positional = [p.name for p in list(inspect.signature(cls.__init__).parameters.values())[1:] if p.kind is not p.KEYWORD_ONLY]
+        if positional:
+            raise PurifyError(f"{where}: constructor parameter(s) {', '.join(positional)} must be keyword-only (after '*'), so each is "
+                              "checked and part of the victim key")
+        for profile, (settings, reason) in cls.budgets.items():
+            unknown = sorted(set(settings) - set(cls.fields()))
+            if unknown or not reason:
+                raise PurifyError(f"{where}: its {profile!r} budget " + (f"sets unknown parameter(s) {', '.join(unknown)}; allowed: "
+                                                                         f"{', '.join(cls.fields())}" if unknown else "needs a reason: (settings, reason)"))
+        ATTACKS[cls.name] = cls
+
+    @classmethod
+    def fields(cls) -> list[str]:
+        """The constructor's parameters: what identifies the attack's poisons."""
+        return [p.name for p in inspect.signature(cls.__init__).parameters.values() if p.kind is p.KEYWORD_ONLY]
+
+    @classmethod
+    def budget(cls, profile: str) -> dict:
+        """The settings this attack trains with under ``profile`` (none: its defaults)."""
+        return dict(cls.budgets.get(profile, ({}, ""))[0])
+
+    def __init__(self, *, target: int = 0, pool: str = "all"):
         if target < 0:
             raise PurifyError(f"target={target} must be a class index >= 0")
         if pool not in POOLS:
@@ -54,8 +92,20 @@ class Attack:
         return not self.clean_label and not self.training_controlled
 
     def params(self) -> dict:
-        """Everything that identifies this attack's poisons, for the victim cache key."""
-        return {"name": self.name, "target": self.target, **({"pool": self.pool} if self.uses_pool else {})}
+        """Everything that identifies this attack's poisons, for the victim cache key: every constructor parameter."""
+        return {"name": self.name, **dict(self.key_value(field) for field in self.fields())}
+
+    def key_value(self, field: str) -> tuple[str, object]:
+        """How the victim key records constructor parameter ``field``: as the attribute of the same name; a
+        trigger or mask file as the digest of the pattern loaded from it (or the default one)."""
+        if field == "trigger_path":
+            return "trigger", pattern_digest(self.pattern)
+        if field == "mask_path":
+            return "mask", pattern_digest(self.mask)
+        if not hasattr(self, field):
+            raise PurifyError(f"attack {self.name} keeps no attribute {field!r} for its constructor parameter: store it, or say "
+                              "how the key records it (key_value)")
+        return field, getattr(self, field)
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -5,7 +5,7 @@ import torch
 
 from ..errors import PurifyError, choose
 from ..seeds import stream
-from .base import Attack, pattern_digest, trigger_pattern
+from .base import Attack, trigger_pattern
 
 
 def default_pattern() -> torch.Tensor:
@@ -27,18 +27,15 @@ class Blended(Attack):
     """
 
     name = "blended"
+    published = frozenset({"Blended", "Blend"})
 
-    def __init__(self, target: int = 0, alpha: float = 0.2, trigger_path=None, pool: str = "all", variant: str = "backdoorbench"):
-        super().__init__(target, pool)
+    def __init__(self, *, target: int = 0, alpha: float = 0.2, trigger_path=None, pool: str = "all", variant: str = "backdoorbench"):
+        super().__init__(target=target, pool=pool)
         if not 0 < alpha <= 1:
             raise PurifyError(f"alpha={alpha} is outside (0, 1]")
         self.alpha, self.variant = alpha, choose("blended variant", variant, VARIANTS)
         filename = "hello_kitty.jpeg" if variant == "backdoorbench" else "cifar_gaussian_noise.png"
         self.pattern = trigger_pattern(filename, trigger_path, default_pattern)
-
-    def params(self) -> dict:
-        return {**super().params(), "alpha": self.alpha, "trigger": pattern_digest(self.pattern),
-                **({"variant": self.variant} if self.variant != "backdoorbench" else {})}
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
         pattern = self.pattern.to(images.device).float()

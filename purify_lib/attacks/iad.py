@@ -75,11 +75,18 @@ def diversity(x1, x2, out1, out2) -> torch.Tensor:
 
 class IAD(Attack):
     name = "iad"
+    published = frozenset({"Input-aware", "Dyn-one"})
+    budgets = {
+        "smoke": ({"channels": 4, "mask_epochs": 1}, "seconds on the smoke victims, for CI"),
+        # at 32 channels the generators cost about four times the width-16 victim per image, and the mask
+        # generator's 25 epochs alone would take longer than the victim
+        "cpu": ({"channels": 8, "mask_epochs": 1}, "8 channels (about a quarter of the victim per image) and 1 mask epoch"),
+    }
     training_controlled = True
 
-    def __init__(self, target: int = 0, cross_ratio: float = 1.0, lambda_div: float = 1.0, lambda_norm: float = 100.0,
+    def __init__(self, *, target: int = 0, cross_ratio: float = 1.0, lambda_div: float = 1.0, lambda_norm: float = 100.0,
                  mask_density: float = 0.032, mask_epochs: int = 25, lr: float = 0.01, batch_size: int = 128, channels: int = 32, seed: int = 0):
-        super().__init__(target)
+        super().__init__(target=target)
         if mask_epochs < 0 or cross_ratio < 0 or channels < 1 or not 0 < mask_density < 1:
             raise PurifyError(f"iad needs mask_epochs >= 0, cross_ratio >= 0, channels >= 1 and mask_density in (0, 1); "
                               f"got {mask_epochs}, {cross_ratio}, {channels}, {mask_density}")
@@ -91,10 +98,6 @@ class IAD(Attack):
         # one module for the learned state: its state dict names them "generator." and "mask."
         self.nets = nn.ModuleDict({"generator": self.generator, "mask": self.mask_generator})
         self.optimizer, self.pending_loss = None, None
-
-    def params(self) -> dict:
-        return {**super().params(), "cross_ratio": self.cross_ratio, "lambda_div": self.lambda_div, "lambda_norm": self.lambda_norm,
-                "mask_density": self.mask_density, "mask_epochs": self.mask_epochs, "lr": self.lr, "channels": self.channels, "seed": self.seed}
 
     def mask(self, x: torch.Tensor) -> torch.Tensor:
         return torch.tanh(20 * self.mask_generator(x) - 10) / (2 + 1e-7) + 0.5

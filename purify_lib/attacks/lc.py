@@ -37,22 +37,19 @@ def four_corner_checkerboard(size: int = 32) -> tuple[torch.Tensor, torch.Tensor
 
 class LC(BadNets):
     name = "lc"
+    published = frozenset({"LC", "CLB"})
     clean_label = True
     needs_clean_model = True
 
-    def __init__(self, target: int = 0, eps: float = 8 / 255, steps: int = 100, step_size: float = 1.5 / 255,
+    def __init__(self, *, target: int = 0, eps: float = 8 / 255, steps: int = 100, step_size: float = 1.5 / 255,
                  model_eps: float = 8 / 255, trigger_path=None):
-        super().__init__(target, trigger_path)
+        super().__init__(target=target, trigger_path=trigger_path)
         if trigger_path is None:  # BackdoorBench's four-corner checkerboard; the whole 3x3 squares replace the image
             self.pattern, self.mask = four_corner_checkerboard()
         if model_eps < 0:
             raise PurifyError(f"model_eps={model_eps} must be >= 0 (0: a clean model that was not adversarially trained)")
         self.eps, self.steps, self.step_size, self.model_eps = eps, steps, step_size, model_eps
         self.clean_model = None
-
-    def params(self) -> dict:
-        return {**super().params(), "eps": round(self.eps, 6), "steps": self.steps, "step_size": round(self.step_size, 6),
-                "model_eps": round(self.model_eps, 6)}
 
     def poison(self, train, rate, seed=0):
         self.check_ready()

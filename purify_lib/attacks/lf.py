@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from ..seeds import stream
-from .base import Attack, pattern_digest, trigger_pattern
+from .base import Attack, trigger_pattern
 
 
 def default_pattern(size: int = 32, amplitude: float = 50, seed: int = 0) -> torch.Tensor:
@@ -20,13 +20,11 @@ class LF(Attack):
     """``x' = clip(x + pattern, 0, 255)`` with BackdoorBench's PreAct-ResNet18 CIFAR-10 pattern."""
 
     name = "lf"
+    published = frozenset({"LF"})
 
-    def __init__(self, target: int = 0, trigger_path=None, pool: str = "all"):
-        super().__init__(target, pool)
+    def __init__(self, *, target: int = 0, trigger_path=None, pool: str = "all"):
+        super().__init__(target=target, pool=pool)
         self.pattern = trigger_pattern("cifar10_preactresnet18_0_255.npy", trigger_path, default_pattern)
-
-    def params(self) -> dict:
-        return {**super().params(), "trigger": pattern_digest(self.pattern)}
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
         return (images.int() + self.pattern.to(images.device).int()).clamp(0, 255).to(torch.uint8)

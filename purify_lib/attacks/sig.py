@@ -12,14 +12,12 @@ class SIG(Attack):
     """Poisons target-class training images only (labels untouched); delta 40, f 6."""
 
     name = "sig"
+    published = frozenset({"SIG"})
     clean_label = True
 
-    def __init__(self, target: int = 0, delta: float = 40, frequency: float = 6):
-        super().__init__(target)
+    def __init__(self, *, target: int = 0, delta: float = 40, frequency: float = 6):
+        super().__init__(target=target)
         self.delta, self.frequency = delta, frequency
-
-    def params(self) -> dict:
-        return {**super().params(), "delta": self.delta, "frequency": self.frequency}
 
     def pattern(self, width: int, device) -> torch.Tensor:
         columns = torch.arange(width, device=device, dtype=torch.float32)

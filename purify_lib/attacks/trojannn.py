@@ -35,12 +35,13 @@ def corner_square(size: int = 32, side: int = 10) -> torch.Tensor:
 
 class TrojanNN(Attack):
     name = "trojannn"
+    published = frozenset({"Troj-one"})
     needs_clean_model = True
     model_eps = 0.0  # the zoo's plain clean model, not an adversarially trained one
 
-    def __init__(self, target: int = 0, num_neurons: int = 2, target_value: float = 100.0, steps: int = 1000,
+    def __init__(self, *, target: int = 0, num_neurons: int = 2, target_value: float = 100.0, steps: int = 1000,
                  step_size: float = 0.1, eps: float = 0.3, mask_path=None, pool: str = "all"):
-        super().__init__(target, pool)
+        super().__init__(target=target, pool=pool)
         if num_neurons < 1 or steps < 1 or not 0 < eps <= 1:
             raise PurifyError(f"trojannn needs num_neurons >= 1, steps >= 1 and eps in (0, 1]; got {num_neurons}, {steps}, {eps}")
         self.num_neurons, self.target_value, self.steps, self.step_size, self.eps = num_neurons, target_value, steps, step_size, eps
@@ -49,10 +50,6 @@ class TrojanNN(Attack):
         self.clean_model = None
         self.trigger: torch.Tensor | None = None  # uint8 (3, 32, 32), zero outside the mask
         self.neurons: torch.Tensor | None = None
-
-    def params(self) -> dict:
-        return {**super().params(), "num_neurons": self.num_neurons, "target_value": self.target_value, "steps": self.steps,
-                "step_size": self.step_size, "eps": self.eps, "mask_pixels": int(self.mask.sum())}
 
     def prepare(self, train, device) -> None:
         if self.trigger is not None:

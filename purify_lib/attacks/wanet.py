@@ -32,12 +32,13 @@ from .base import Attack
 
 class WaNet(Attack):
     name = "wanet"
+    published = frozenset({"WaNet"})
     training_controlled = True
 
-    def __init__(self, target: int = 0, k: int = 4, strength: float = 0.5, grid_rescale: float = 1.0,
+    def __init__(self, *, target: int = 0, k: int = 4, strength: float = 0.5, grid_rescale: float = 1.0,
                  cross_ratio: float = 2.0, size: int = 32, seed: int = 0, post_augment: bool = True):
-        super().__init__(target)
-        self.augments_after_poison = bool(post_augment)
+        super().__init__(target=target)
+        self.post_augment = self.augments_after_poison = bool(post_augment)
         if k < 2 or k > size:
             raise PurifyError(f"k={k} must be between 2 and the image size {size}")
         self.k, self.strength, self.grid_rescale, self.cross_ratio, self.size, self.seed = k, strength, grid_rescale, cross_ratio, size, seed
@@ -49,11 +50,6 @@ class WaNet(Attack):
         self.identity_grid = torch.stack((cols, rows), 2)[None]
         self.grid = (self.identity_grid + strength * self.noise_grid / size * grid_rescale).clamp(-1, 1)
         self._grids = {}  # the grid per (device, dtype) it was needed on
-
-    def params(self) -> dict:
-        return {**super().params(), "k": self.k, "strength": self.strength, "grid_rescale": self.grid_rescale,
-                "cross_ratio": self.cross_ratio, "seed": self.seed,
-                "post_augment": self.augments_after_poison}
 
     def grid_on(self, device, dtype) -> torch.Tensor:
         """The warping grid on ``device``, copied there once, not every batch."""

@@ -1,22 +1,30 @@
-"""What every defense shares: the result type, the tuning loop, and small model helpers.
+"""What every defense shares: the registry, the result type, the tuning loop, and small model helpers.
 
-A defense is one function ``defense(model, data, evaluator=None, **params) -> Defended``.
-It works on its own copy of ``model`` (the zoo's victim is never changed), tunes on the
-uint8 ``data`` with ``tune`` below, and, when an ``evaluator`` is given, records ACC, ASR
+A defense is one function ``name(model, data, evaluator=None, *, **params) -> Defended`` in one module of
+this package, declared with ``@defense(...)`` (below): what data it takes, its budget per profile, the names
+its papers' tables give it.  ``purify_lib.defenses`` imports every module here, so the declaration is all
+the rest of the library needs.  It works on its own copy of ``model`` (the zoo's victim is never changed),
+tunes on the uint8 ``data`` with ``tune`` below, and, when an ``evaluator`` is given, records ACC, ASR
 and RA as it goes (row 0 is the model as tuning starts, after any re-initialisation).
+
+Three contracts: every parameter after ``evaluator`` is keyword-only (``@defense`` refuses others), so
+``purify`` checks it and ``defend`` puts it in the cache key; ``params`` in the result are JSON values;
+``extra`` is stored as JSON, so a cached result gives back lists where a fresh one had tensors.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data import ImageSet, augment, to_float
-from ..errors import PurifyError
+from ..errors import PurifyError, choose
 from ..precision import autocast, resolve_precision
 from ..seeds import seed_global, stream
 from ..train import batches, make_scheduler
@@ -34,6 +42,78 @@ class Defended:
     extra: dict = field(default_factory=dict)
     cache_hit: bool = False  # True when ``defend`` loaded this result instead of running the defense
     cache_entry: str = ""  # the name of its entry in ``defend``'s cache (empty when not cached)
+
+
+# Where a defense's data comes from (``defend`` draws it): a class-balanced share of clean training images,
+# the victim's poisoned training set (the PAD family), or the first images of each class of the test split (MM-BD's code).
+DATA_SOURCES = ("clean", "poisoned", "test")
+POSITIONAL = ["model", "data", "evaluator"]
+
+
+@dataclass(frozen=True)
+class Defense:
+    """A registered defense: its function and what the rest of the library needs to know of it."""
+
+    fn: Callable
+    data: str  # one of DATA_SOURCES
+    fraction: float  # clean data: the share of the training set its paper states
+    per_class: int | None  # test data: images of each class
+    budgets: dict  # profile name ("smoke", "cpu"; "tests" for the test suite) -> (settings, one-line reason)
+    published: frozenset  # the names its papers' tables give it
+    rebuild: Callable | None  # turns a copy of the victim into the purified model's architecture before its weights load
+
+    @property
+    def name(self) -> str:
+        return self.fn.__name__
+
+    @property
+    def module(self) -> str:
+        return self.fn.__module__
+
+    def __call__(self, *args, **kwargs) -> "Defended":
+        return self.fn(*args, **kwargs)
+
+    def parameters(self) -> dict:
+        """The keyword parameters and their defaults."""
+        return {k: p.default for k, p in inspect.signature(self.fn).parameters.items() if p.kind is p.KEYWORD_ONLY}
+
+    def budget(self, profile: str) -> dict:
+        """The settings this defense runs with under ``profile`` (none: its paper's defaults)."""
+        return dict(self.budgets.get(profile, ({}, ""))[0])
+
+
+DEFENSES: dict[str, Defense] = {}
+
+
+# The reason a profile's budget has where a defense gives settings alone.
+STANDING_REASONS = {"smoke": "seconds on the smoke victims, for CI", "tests": "enough to show it working on the test suite's victim"}
+
+
+def defense(*, data: str = "clean", fraction: float = 0.05, per_class: int | None = None, published=(), rebuild: Callable | None = None,
+            **budgets):
+    """Register the decorated function as a defense (its name is the function's).  ``fraction`` defaults to 5%,
+    the share D3 and BackdoorBench's baselines use.  Every other keyword is a budget: a profile name (or ``tests``)
+    and ``(settings, reason)``, or settings alone for ``smoke`` and ``tests``, whose reason is standing."""
+    def register(fn):
+        where = f"defense {fn.__name__} ({fn.__module__})"
+        choose(f"{where} data", data, DATA_SOURCES)
+        parameters = list(inspect.signature(fn).parameters.values())
+        positional = [p.name for p in parameters if p.kind is not p.KEYWORD_ONLY]
+        if positional != POSITIONAL:
+            raise PurifyError(f"{where} takes {', '.join(positional)} before its keyword-only parameters; allowed: "
+                              f"{', '.join(POSITIONAL)}, then '*' (a parameter that is not keyword-only escapes checking and the cache key)")
+        keywords = {p.name for p in parameters if p.kind is p.KEYWORD_ONLY}
+        declared = {}
+        for profile, budget in budgets.items():
+            settings, reason = budget if isinstance(budget, tuple) else (budget, STANDING_REASONS.get(profile, ""))
+            unknown = sorted(set(settings) - keywords)
+            if unknown or not reason:
+                raise PurifyError(f"{where}: its {profile!r} budget " + (f"sets unknown parameter(s) {', '.join(unknown)}; allowed: "
+                                                                         f"{', '.join(sorted(keywords))}" if unknown else "needs a reason: (settings, reason)"))
+            declared[profile] = (dict(settings), reason)
+        DEFENSES[fn.__name__] = Defense(fn, data, fraction, per_class, declared, frozenset(published), rebuild)
+        return DEFENSES[fn.__name__]
+    return register
 
 
 def cross_entropy(model, x, y):

@@ -30,7 +30,7 @@ import copy
 import torch
 
 from ..models import get_head
-from .base import Defended, cross_entropy, frozen_except, reinit_linear, rescale_, timed, tune
+from .base import Defended, cross_entropy, defense, frozen_except, reinit_linear, rescale_, timed, tune
 
 
 # BackdoorBench's FT, as ``defend(victim, "ft", **BACKDOORBENCH_FT)`` runs it (``data_fraction`` is defend's).
@@ -86,12 +86,15 @@ def _mode(method: str, reinit_head: bool, train: str, doc: str):
     return run
 
 
-ft = _mode("ft", False, "all", "Vanilla fine-tuning of every parameter (FST Sec. 3.1).")
-lp = _mode("lp", False, "head", "Linear probing: only the head is tuned (FST Sec. 3.1).")
-fe_tuning = _mode("fe_tuning", True, "backbone", "FE-tuning: re-initialise the head, freeze it, tune the feature extractor (FST Sec. 3.2).")
-ft_init = _mode("ft_init", True, "all", "FT-init: re-initialise the head, tune everything (FST Sec. 3.2).")
+# FST's 2% of the training set as defense data, and the family's budgets.
+FST_FAMILY = dict(fraction=0.02, smoke={"epochs": 2}, tests={"epochs": 5, "lr": 0.05})
+ft = defense(published={"FT", "Vanilla FT"}, **FST_FAMILY)(_mode("ft", False, "all", "Vanilla fine-tuning of every parameter (FST Sec. 3.1)."))
+lp = defense(published={"LP"}, **FST_FAMILY)(_mode("lp", False, "head", "Linear probing: only the head is tuned (FST Sec. 3.1)."))
+fe_tuning = defense(published={"FE-tuning"}, **FST_FAMILY)(_mode("fe_tuning", True, "backbone", "FE-tuning: re-initialise the head, freeze it, tune the feature extractor (FST Sec. 3.2)."))
+ft_init = defense(published={"FT-init"}, **FST_FAMILY)(_mode("ft_init", True, "all", "FT-init: re-initialise the head, tune everything (FST Sec. 3.2)."))
 
 
+@defense(published={"FST"}, **FST_FAMILY)
 def fst(model, data, evaluator=None, *, alpha=0.2, project_head=True, frozen_bn=False, epochs=10, lr=0.01, batch_size=128, seed=0,
         progress=False):
     """Feature Shift Tuning, FST Eq. 2: ``min CE + alpha <W, W_orig>`` s.t. ``||W||_F = ||W_orig||_F``."""

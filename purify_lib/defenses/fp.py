@@ -32,7 +32,7 @@ from ..data import to_float
 from ..errors import PurifyError, choose
 from ..metrics import predict
 from ..models import get_head
-from .base import Defended, frozen_except, timed, tune
+from .base import Defended, defense, frozen_except, timed, tune
 
 
 ACTIVATIONS = ("pooled", "relu")
@@ -54,6 +54,7 @@ def channel_activity(model, images, activation: str, device) -> torch.Tensor:
     return pooled.mean(0) if activation == "pooled" else torch.stack(seen).sum(0) / len(images)
 
 
+@defense(published={"FP"}, smoke={"epochs": 1}, cpu=({"epochs": 20}, "20 of BackdoorBench's 100 epochs, as D3 does"), tests={"epochs": 5, "lr": 0.05})
 def fp(model, data, evaluator=None, *, activation="pooled", acc_ratio=0.1, prune_step=0.01, epochs=100, lr=0.01, batch_size=256,
        weight_decay=5e-4, seed=0, progress=False) -> Defended:
     """Prune the least-active last-stage channels while clean accuracy holds, then fine-tune (Liu et al. 2018, Sec. 4)."""

@@ -18,9 +18,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import Defended, timed, tune
+from .base import Defended, defense, timed, tune
 
 
+@defense(published={"FT-SAM", "FT+SAM"}, smoke={"epochs": 2}, cpu=({"epochs": 10}, "10 of BackdoorBench's 100 epochs, about a minute at width 16"),
+          tests={"epochs": 5, "lr": 0.05})
 def ft_sam(model, data, evaluator=None, *, rho=2.0, adaptive=True, epochs=100, lr=0.01, weight_decay=5e-4,
            label_smoothing=0.1, batch_size=256, lr_period=100, seed=0, progress=False) -> Defended:
     """Fine-tuning with sharpness-aware minimisation (FT-SAM Alg. 1)."""

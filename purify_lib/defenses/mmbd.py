@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..errors import PurifyError
 from ..metrics import predict
-from .base import Defended, frozen_except, timed, tune
+from .base import Defended, defense, frozen_except, timed, tune
 
 
 class ActivationClip(nn.Module):
@@ -95,6 +95,7 @@ def learn_clipping(model, data, evaluator=None, *, epochs=50, lr=0.1, batch_size
     return model.eval(), history, extra
 
 
+@defense(data="test", per_class=50, published={"MM-BD"}, rebuild=insert_clips, smoke={"epochs": 2}, tests={"epochs": 20})
 def mmbd(model, data, evaluator=None, *, epochs=50, lr=0.1, batch_size=200, initial=8.0, c=0.5, seed=0, progress=False) -> Defended:
     """MM-BD's activation-clipping mitigation on the clean defense data."""
     params = dict(epochs=epochs, lr=lr, batch_size=batch_size, initial=initial, c=c, seed=seed)

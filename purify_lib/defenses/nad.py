@@ -18,7 +18,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from .base import Defended, timed, tune
+from .base import Defended, defense, timed, tune
 
 
 def attention(feature: torch.Tensor, p: float = 2.0) -> torch.Tensor:
@@ -30,6 +30,7 @@ def _capture(model, points, store):
     return [modules[name].register_forward_hook(lambda m, i, out, k=k: store.__setitem__(k, out)) for k, name in enumerate(points)]
 
 
+@defense(published={"NAD"}, smoke={"teacher_epochs": 1, "epochs": 1}, tests={"teacher_epochs": 3, "epochs": 3, "lr": 0.05})
 def nad(model, data, evaluator=None, *, betas=(500.0, 1000.0), p=2.0, teacher_epochs=10, epochs=10, lr=0.01,
         weight_decay=5e-4, batch_size=256, seed=0, progress=False) -> Defended:
     """Attention distillation from a fine-tuned teacher (NAD Eq. 3)."""

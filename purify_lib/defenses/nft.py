@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from ..errors import PurifyError, choose
-from .base import Defended, batch_norms, frozen_except, timed, tune
+from .base import Defended, batch_norms, defense, frozen_except, timed, tune
 
 BOUNDS = ("exp", "linear", "constant", "none")
 
@@ -54,6 +54,8 @@ class ChannelMask(nn.Module):
         return weight * self.mask
 
 
+@defense(fraction=0.01, published={"NFT"}, smoke={"steps": 20},
+          cpu=({}, "keeps its code's 1000 steps (about two minutes): at 300 steps BadNets-10% kept 91% ASR, at 1000 73%"), tests={"steps": 60})
 def nft(model, data, evaluator=None, *, steps=1000, lr=0.05, momentum=0.95, min_lr=0.02, batch_size=128, a=0.8, b=0.5,
         l1_weight=1e-3, mixup=True, mixup_alpha=1.0, bound="exp", schedule="cosine", seed=0, progress=False) -> Defended:
     """Mask fine-tuning with MixUp and bounded, L1-regularised channel masks (NFT Eq. 6)."""

@@ -29,8 +29,8 @@ from ..data import ImageSet
 from ..errors import PurifyError
 from ..metrics import logits, predict
 from ..models import get_head
-from .base import Defended, frozen_except, timed, tune
-from .mmbd import learn_clipping
+from .base import Defended, defense, frozen_except, timed, tune
+from .mmbd import insert_clips, learn_clipping
 
 
 def sce(logits: torch.Tensor, labels: torch.Tensor, alpha: float = 0.5, log_zero: float = -4.0) -> torch.Tensor:
@@ -83,6 +83,9 @@ def _purify(model, data, evaluator, n_c, alpha, clip_epochs, poisoned, seed, pro
     return clipped, selected, history, {**extra, **clip_extra}
 
 
+@defense(data="poisoned", published={"PAD"}, rebuild=insert_clips, smoke={"n_c": 20, "clip_epochs": 2},
+          cpu=({}, "keeps MM-BD's 50 clipping epochs: with 10 its lambda never adapted (that needs epoch > 10)"),
+          tests={"n_c": 50, "clip_epochs": 20})
 def pad(model, data, evaluator=None, *, n_c=250, alpha=0.5, clip_epochs=50, poisoned=None, seed=0, progress=False) -> Defended:
     """PAD: SCE data purification, then activation clipping learned on the kept samples."""
     params = dict(n_c=n_c, alpha=alpha, clip_epochs=clip_epochs, seed=seed)
@@ -96,6 +99,9 @@ def consistency(augmented_logits: torch.Tensor, original_logits: torch.Tensor) -
     return -(target * F.log_softmax(augmented_logits, 1)).sum(1)
 
 
+@defense(data="poisoned", published={"PAD-FT"}, rebuild=insert_clips, smoke={"n_c": 20, "clip_epochs": 2, "epochs": 2},
+          cpu=({"epochs": 20}, "20 of BackdoorBench's 100 head-tuning epochs: 100 cost 6 of PAD-FT's 12 minutes on the cpu SIG-5% victim, and notebook 05 runs it at several N_c"),
+          tests={"n_c": 50, "clip_epochs": 20, "epochs": 5})
 def pad_ft(model, data, evaluator=None, *, n_c=250, alpha=0.5, beta=0.5, clip_epochs=50, epochs=100, lr=0.01, batch_size=256,
            weight_decay=5e-4, poisoned=None, seed=0, progress=False) -> Defended:
     """PAD-FT: PAD, then classifier-only fine-tuning with Eq. 4, ``beta * SCE + (1 - beta) * consistency``."""

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from ..errors import PurifyError, choose
-from .base import Defended, batch_norms, frozen_except, timed, tune
+from .base import Defended, batch_norms, defense, frozen_except, timed, tune
 from .nft import ChannelMask
 
 
@@ -68,6 +68,7 @@ class _Unlearned(Exception):
     """Raised after the unlearning epoch that reached the clean-accuracy threshold."""
 
 
+@defense(fraction=0.01, published={"RNP"}, smoke={"unlearn_epochs": 2, "recover_epochs": 2})
 def rnp(model, data, evaluator=None, *, clean_threshold=0.2, unlearn_lr=0.01, unlearn_epochs=20, recover_lr=0.2,
         recover_epochs=20, alpha=0.2, pruning_by="threshold", threshold=0.7, number=0, batch_size=256, seed=0,
         progress=False) -> Defended:

@@ -15,7 +15,7 @@ import os
 import time
 from pathlib import Path
 
-from .report import BUILD_ENV, PROJECT_ROOT
+from .paths import BUILD_ENV, PROJECT_ROOT
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
 LIBRARY = PROJECT_ROOT / "purify_lib"
@@ -126,7 +126,7 @@ def input_digest(name: str, parameters: dict) -> str:
 def outputs_of(name: str, profile: str) -> dict[str, str]:
     """The files the manifest says ``name`` wrote under ``profile``, with their SHA-256."""
     from .files import sha256_file
-    from .report import figures_dir
+    from .paths import figures_dir
 
     folder = figures_dir(profile)
     manifest = folder / "manifest.json"
@@ -176,7 +176,7 @@ def execute(name: str, profile: str, parameters: dict | None = None, point: dict
     from papermill.exceptions import PapermillExecutionError
 
     from .files import atomic_path
-    from .report import build_dir
+    from .paths import build_dir
 
     point = point or {}
     label = point_label(name, point)
@@ -216,7 +216,7 @@ def execute(name: str, profile: str, parameters: dict | None = None, point: dict
 
 def needs_record(name: str, profile: str) -> dict | None:
     """What ``name``'s last finished run under ``profile`` asked of the zoo (``Run.finish`` writes it beside the figures)."""
-    from .report import figures_dir
+    from .paths import figures_dir
 
     path = figures_dir(profile) / f"needs_{name}.json"
     try:
@@ -230,12 +230,35 @@ BREAKDOWN = ("victims", "defenses", "loads", "other")  # the parts ``breakdown``
 
 def breakdown(record: dict | None, seconds: float) -> dict:
     """A run's wall time split into training victims, running defenses, loading cached ones, and the rest."""
-    items = record["items"] if record else []
+    items = [i for i in record["items"] if i["kind"] != "diagnosis"] if record else []  # planned diagnoses took no time
     spent = {part: sum(i["seconds"] for i in items if test(i)) for part, test in (
         ("victims", lambda i: i["kind"] == "victim" and not i["cached"]),
         ("defenses", lambda i: i["kind"] == "defense" and not i["cached"]),
         ("loads", lambda i: i["cached"]))}
     return {**spent, "other": max(seconds - sum(spent.values()), 0.0)}
+
+
+# Budget parameters a defense's cost grows with, in proportion.
+BUDGET_PARAMETERS = ("epochs", "steps", "reverse_epochs", "rounds", "clip_epochs", "unlearn_epochs", "recover_epochs", "teacher_epochs")
+
+
+def diagnosis_cost(item: dict, items: list[dict], defended: Path) -> float | None:
+    """Seconds a diagnosis run would take: the cost recorded for the same defense (on the same victim where one
+    ran), scaled by the ratio of the budget parameters the diagnosis changes to what that run used (its cache
+    record's settings); ``None`` when no run of the defense is recorded to price it from."""
+    runs = [i for i in items if i["kind"] == "defense" and i["defense"] == item["defense"]]
+    runs.sort(key=lambda i: i["victim"] != item["victim"])  # the same victim first
+    for reference in runs:
+        try:
+            used = json.loads((defended / f"{reference['entry']}.json").read_text())["params"]
+        except (OSError, KeyError, json.JSONDecodeError):
+            used = reference["params"]
+        ratio = 1.0
+        for name in BUDGET_PARAMETERS:
+            if name in item["params"] and used.get(name):
+                ratio *= item["params"][name] / used[name]
+        return reference["cost"] * ratio
+    return None
 
 
 def _item_label(item: dict) -> str:
@@ -255,6 +278,7 @@ def plan(tasks: list[tuple[str, dict]], profile: str, parameters: dict, force: b
     zoo = zoo_dir()
     counted: set[str] = set()  # an entry the plan already has a notebook compute before this one
     total = {"victims": 0.0, "defenses": 0.0, "own": 0.0}
+    diagnoses_total = 0.0  # the diagnoses that run only where their claims differ
     unknown = []  # notebooks to run with no record of their needs
     lines = [f"plan under profile {profile}: each notebook's needs as its last finished run recorded them "
              f"(needs_<notebook>.json beside its figures), against what the zoo ({zoo}) holds now"]
@@ -276,12 +300,13 @@ def plan(tasks: list[tuple[str, dict]], profile: str, parameters: dict, force: b
         # A record from before per-defense digests holds one string: every defense in it counts as changed.
         recorded = record["defense_code"] if isinstance(record["defense_code"], dict) else {}
         changed = sorted({i["defense"] for i in record["items"] if i["kind"] == "defense" and recorded.get(i["defense"]) != code_digest(i["defense"])})
+        planned = [i for i in record["items"] if i["kind"] == "diagnosis" and not i["ran"]]  # the ones that ran are among the defense items
         lines.append(f"{label}: to run" + (f"; recorded with other values of {', '.join(differ)}, so what it needs may differ" if differ else "")
                      + (f"; the code of {', '.join(changed)} changed since, so their runs are redone" if changed else ""))
         own = max(record["seconds"] - sum(item["seconds"] for item in record["items"]), 0.0)
         left = {"victims": 0.0, "defenses": 0.0, "own": own}
         counts = {"victim": [0, 0], "defense": [0, 0]}
-        for item in record["items"]:
+        for item in (i for i in record["items"] if i["kind"] != "diagnosis"):
             folder = zoo if item["kind"] == "victim" else zoo / "defended"
             cached = bool(item["entry"]) and (folder / f"{item['entry']}.json").exists() and not (item["kind"] == "defense" and item["defense"] in changed)
             cost = item["cost"] if item["cached"] else item["seconds"]  # a run that computed it timed all of it
@@ -298,9 +323,15 @@ def plan(tasks: list[tuple[str, dict]], profile: str, parameters: dict, force: b
                      f"defense runs: {counts['defense'][0]} ({counts['defense'][1]} cached or computed earlier): about {sum(left.values()) / 60:.1f} min left ({left['victims'] / 60:.1f} training "
                      f"victims, {left['defenses'] / 60:.1f} running defenses, {own / 60:.1f} the notebook's own work)")
         total = {part: total[part] + left[part] for part in total}
+        for item in planned:
+            cost = diagnosis_cost(item, record["items"], zoo / "defended")
+            diagnoses_total += cost or 0.0
+            lines.append(f"  diagnosis {_item_label(item):48} runs if its claim differs: "
+                         + (f"about {cost / 60:.1f} min" if cost is not None else "no run of this defense recorded to price it from"))
     lines.append(f"total: about {sum(total.values()) / 60:.1f} min left ({total['victims'] / 60:.1f} training victims, "
                  f"{total['defenses'] / 60:.1f} running defenses, {total['own'] / 60:.1f} the notebooks' own work), "
                  "from the times recorded on the machine that made each record"
+                 + (f"; plus up to {diagnoses_total / 60:.1f} min of diagnoses, run only where their claims differ" if diagnoses_total else "")
                  + (f"; plus the unknown needs of {', '.join(unknown)}" if unknown else ""))
     return "\n".join(lines)
 
@@ -323,12 +354,12 @@ def victims_to_train(tasks: list[tuple[str, dict]], profile: str) -> list[dict]:
 
 def train_victim(profile: str, spec: dict) -> dict:
     """Train (or load) the victim ``spec`` names under ``profile``: a module-level function a submitit job runs."""
-    from .zoo import get_victim
+    from .zoo import seeded_victim
 
     started = time.perf_counter()
     try:
-        victim = get_victim(spec["attack"], spec["rate"], profile, attack_params=spec["attack_params"] or None,
-                            split_seed=spec["split_seed"], progress=False)
+        victim = seeded_victim(spec["attack"], spec["rate"], profile, spec["victim_seed"], attack_params=spec["attack_params"] or None,
+                               progress=False)
     except Exception as error:  # reported beside the others; the notebook that needs it trains it itself
         return {"victim": spec["victim"], "status": "failed", "seconds": time.perf_counter() - started, "error": f"{type(error).__name__}: {error}"}
     return {"victim": spec["victim"], "status": "loaded" if victim.cache_hit else "trained", "seconds": time.perf_counter() - started,
@@ -337,6 +368,6 @@ def train_victim(profile: str, spec: dict) -> dict:
 
 def build_dir_for(point: dict, label: str) -> Path | None:
     """The build folder a grid point's outputs go to (None for a plain run: the usual one)."""
-    from .report import build_dir
+    from .paths import build_dir
 
     return build_dir() / "grid" / label if point else None

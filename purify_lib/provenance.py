@@ -1,17 +1,7 @@
-"""Where a run's outputs go, the record every output carries, and the claim checks that close
-each notebook.
-
-- Figures of the ``cpu`` profile go to ``figures/`` (committed); other profiles' to
-  ``<build>/figures/<profile>``.  ``<build>`` is ``$PURIFY_BUILD``, else ``build/`` in the checkout.
-- ``run_record`` is what makes a result reproducible: commit, versions, device, profile,
-  parameters, seeds and the hashes of the victims used.
-- ``Claims`` prints PASS or what differed for each claim, and saves the verdicts as JSON for
-  ``run_all.py``'s summary.
-"""
+"""The record every output carries: what makes a result reproducible (commit, versions, machine, device,
+profile, parameters, seeds and the hashes of the victims used)."""
 from __future__ import annotations
 
-import json
-import os
 import platform
 import subprocess
 import sys
@@ -20,21 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .files import atomic_path
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-BUILD_ENV = "PURIFY_BUILD"
-
-
-def build_dir() -> Path:
-    return Path(os.environ.get(BUILD_ENV, PROJECT_ROOT / "build"))
-
-
-def figures_dir(profile: str) -> Path:
-    """``figures/`` for the committed cpu profile; ``<build>/figures/<profile>`` otherwise."""
-    folder = PROJECT_ROOT / "figures" if profile == "cpu" and BUILD_ENV not in os.environ else build_dir() / "figures" / profile
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+from .paths import PROJECT_ROOT
 
 
 def git_commit() -> str:
@@ -106,35 +82,3 @@ def run_record(notebook: str, profile, parameters: dict, victims=(), device=None
         "victims": {victim_name(v): {"key": v.record["key"], "sha256": v.record["sha256"]}
                     for v in victims},
     }
-
-
-class Claims:
-    """A notebook's verdicts on its paper's claims, computed on the numbers it just produced."""
-
-    def __init__(self, notebook: str, profile: str, record: dict | None = None):
-        self.notebook, self.profile, self.record = notebook, profile, record or {}
-        self.rows: list[dict] = []
-
-    def check(self, claim: str, passed: bool, measured: str) -> bool:
-        self.rows.append({"claim": claim, "passed": bool(passed), "measured": measured, "diagnosis": ""})
-        return bool(passed)
-
-    def diagnose(self, diagnosis: str) -> None:
-        """Say why the last claim checked differs, from a measurement made for the purpose."""
-        if not self.rows or self.rows[-1]["passed"]:
-            raise ValueError("diagnose() explains the claim just checked, and only one that differs")
-        self.rows[-1]["diagnosis"] = diagnosis
-
-    def report(self) -> list[dict]:
-        """Print each claim as PASS or DIFFERS with what was measured (and why, where diagnosed); save them for run_all."""
-        for row in self.rows:
-            print(f"{'PASS   ' if row['passed'] else 'DIFFERS'}  {row['claim']}\n         measured: {row['measured']}")
-            if row["diagnosis"]:
-                print(f"         diagnosis: {row['diagnosis']}")
-        passed = sum(row["passed"] for row in self.rows)
-        print(f"\n{passed} of {len(self.rows)} claims reproduced under profile {self.profile!r}.")
-        path = build_dir() / "claims" / f"{self.notebook}.{self.profile}.json"
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps({"notebook": self.notebook, "profile": self.profile, "claims": self.rows,
-                                       "record": self.record}, indent=1, default=str))
-        return self.rows

@@ -1,9 +1,11 @@
 """What a notebook needs around its science: profile, device, victims, defenses, outputs, claims.
 
-A notebook starts with ``run = Run("01_fine_tuning", profile, device, seed, **parameters)`` and
-then asks ``run.victim(...)`` and ``run.defend(...)`` (both cached), saves with
-``run.figure(...)`` / ``run.table(...)`` and ends with ``run.claims.check(...)`` and
-``run.finish()``.  Every output carries the run record and is listed in the folder's manifest.
+A notebook starts with ``section = Section("01_fine_tuning", profile, device, seed, victim_seed)`` and
+then asks ``section.victim(...)`` and ``section.defend(...)`` (both cached; ``sweep.sweep`` runs many),
+saves with ``section.figure(...)`` / ``section.table(...)`` and ends with ``section.claim(...)`` for each
+of its paper's claims and ``section.finish()``.  Every output carries the run record and is listed in
+the folder's manifest.  Two seeds: ``seed`` is the defenses' (and any tuning run's), ``victim_seed`` the
+victims' (their split, poisons and training), so re-running the defenses at other seeds reuses the victims.
 
 Every victim and defense run a notebook asks for is noted with the seconds it took and whether
 the cache had it; ``finish`` writes them to ``needs_<notebook>.json`` beside the figures, which is
@@ -21,20 +23,22 @@ from .defend import code_digest, defend
 from .files import atomic_path, locked
 from .metrics import der, pick_device
 from .profiles import get_profile
-from .report import Claims, figures_dir, run_record, victim_name
-from .zoo import get_victim
+from .claims import Claims, Diagnosis, verdict
+from .paths import figures_dir
+from .provenance import run_record, victim_name
+from .zoo import seeded_victim
 
 
-class Run:
-    def __init__(self, notebook: str, profile: str = "", device: str = "auto", seed: int = 0, **parameters):
+class Section:
+    def __init__(self, notebook: str, profile: str = "", device: str = "auto", seed: int = 0, victim_seed: int = 0, **parameters):
         self.notebook = notebook
         self.profile = get_profile(profile or None)
         self.device = pick_device(device)
-        self.seed = seed
-        self.parameters = {"profile": self.profile.name, "device": device, "seed": seed, **parameters}
+        self.seed, self.victim_seed = seed, victim_seed
+        self.parameters = {"profile": self.profile.name, "device": device, "seed": seed, "victim_seed": victim_seed, **parameters}
         self.figures = figures_dir(self.profile.name)
         self.victims: dict = {}
-        self.requested = {"device": device, "seed": seed, **parameters}  # as the parameters cell (or papermill) gave them
+        self.requested = {"device": device, "seed": seed, "victim_seed": victim_seed, **parameters}  # as the parameters cell (or papermill) gave them
         self.needs: list[dict] = []  # every victim and defense asked for, with its cost (see ``finish``)
         self.started = time.perf_counter()
         self.claims = Claims(notebook, self.profile.name)
@@ -48,10 +52,10 @@ class Run:
         key = (attack, rate, *sorted(attack_params.items())) if attack_params else (attack, rate)
         if key not in self.victims:
             started = time.perf_counter()
-            victim = self.victims[key] = get_victim(attack, rate, self.profile, attack_params=attack_params or None, split_seed=self.seed,
-                                                    device=self.device, progress=False)
-            # ``spec``: what ``get_victim`` needs to train it again, so a cluster run can train it before the notebooks
-            spec = {"attack": attack, "rate": rate, "attack_params": attack_params, "split_seed": self.seed}
+            victim = self.victims[key] = seeded_victim(attack, rate, self.profile, self.victim_seed, attack_params=attack_params or None,
+                                                       device=self.device, progress=False)
+            # ``spec``: what ``seeded_victim`` needs to train it again, so a cluster run can train it before the notebooks
+            spec = {"attack": attack, "rate": rate, "attack_params": attack_params, "victim_seed": self.victim_seed}
             self._note("victim", victim, started, victim.path.stem, victim.cache_hit, victim.record["train_seconds"], spec=spec)
         return self.victims[key]
 
@@ -67,6 +71,31 @@ class Run:
         """``seconds``: this call's wall time (a load when ``cached``); ``cost``: what computing it took when it was made."""
         self.needs.append({"kind": kind, "victim": victim_name(victim), **what,
                            "entry": entry, "cached": cached, "seconds": round(time.perf_counter() - started, 1), "cost": round(cost, 1)})
+
+    def claim(self, text: str, holds: bool, measured: str, *, diagnosis: Diagnosis | None = None, margin: float | None = None,
+              noise: float | None = None) -> bool:
+        """Check a paper's claim on the numbers just computed.  ``diagnosis`` runs only when the claim differs; its
+        defense runs are noted either way (kind ``diagnosis``), so ``run_all.py --plan`` prices them.  ``margin``: how
+        far the measurement sits from the claim's threshold, in the metric's unit; with ``noise`` (the spread the seed
+        alone gives, ``spread``) a verdict decided inside the spread says so."""
+        within = margin is not None and noise is not None and abs(margin) <= noise
+        passed = self.claims.check(text, holds, measured + (f" (within noise: {abs(margin):.2f} from the threshold, "
+                                                             f"against a seed spread of {noise:.2f})" if within else ""), within_noise=within)
+        if diagnosis is not None:
+            for victim, name, params in diagnosis.runs:
+                self.needs.append({"kind": "diagnosis", "claim": text, "victim": victim_name(victim), "defense": name,
+                                   "params": {"seed": self.seed, **params}, "ran": not passed})
+            if not passed:
+                explained = diagnosis.explain(*[self.defend(victim, name, **params) for victim, name, params in diagnosis.runs])
+                if explained:  # nothing to measure (no victim it applies to) leaves the verdict undiagnosed
+                    self.claims.diagnose(explained)
+        return passed
+
+    def spread(self, victim, name: str, seeds=(0, 1, 2), metric: str = "asr") -> float:
+        """The standard deviation of ``metric`` after defense ``name`` on ``victim`` over defense ``seeds``: the noise
+        a claim's margin is weighed against."""
+        values = pd.Series([self.defend(victim, name, seed=seed).history[-1][metric] for seed in seeds], dtype=float)
+        return float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
     def settings(self, defaults: dict, **given) -> dict:
         """Each parameter as given, or, when left empty (``[]``, ``""``, ``0``, ``None``), this section's default for the profile."""
@@ -113,7 +142,7 @@ class Run:
         """Print each claim's verdict and save them with the run record, and as ``claims_<notebook>`` beside the figures."""
         self.claims.record = self.record()
         rows = self.claims.report()
-        verdicts = pd.DataFrame([{"verdict": "PASS" if row["passed"] else "DIFFERS", "claim": row["claim"], "measured": row["measured"],
+        verdicts = pd.DataFrame([{"verdict": verdict(row), "claim": row["claim"], "measured": row["measured"],
                                   "diagnosis": row["diagnosis"]} for row in rows])
         self.table(verdicts, f"claims_{self.notebook}", f"The paper's claims checked by {self.notebook} under profile {self.profile.name}.")
         self._write_needs()
