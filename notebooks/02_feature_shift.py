@@ -29,21 +29,23 @@
 # %% tags=["parameters"]
 profile = ""  # smoke, cpu or paper; "" means $PURIFY_PROFILE, else cpu without a GPU and paper with one
 device = "auto"
-seed = 0
+seed = 0  # the defenses' seed
+victim_seed = 0  # the victims' seed (split, poisons, training)
 victims = []  # "attack:rate", a high and a low rate; empty means this section's default for the profile
 methods = []  # defenses whose features are drawn
 per_group = 0  # images per group (clean target, triggered, other classes); 0 means the default
 
 # %%
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
 
 from purify_lib import analysis
+from purify_lib.claims import Diagnosis
 from purify_lib.cli import parse_specs
 from purify_lib.plots import victim_label
 from purify_lib.section import Section
+from purify_lib.sweep import result_row, victim_row
 
 ALL = ["ft", "lp", "fe_tuning", "ft_init", "fst", "nft", "d3"]
 DEFAULTS = {
@@ -51,7 +53,7 @@ DEFAULTS = {
     "cpu": dict(victims=["blended:0.1", "blended:0.01"], methods=ALL, per_group=200),
     "paper": dict(victims=["blended:0.1", "blended:0.01"], methods=ALL, per_group=500),
 }
-section = Section("02_feature_shift", profile, device, seed)
+section = Section("02_feature_shift", profile, device, seed, victim_seed)
 s = section.settings(DEFAULTS, victims=victims, methods=methods, per_group=per_group)
 
 # %% [markdown]
@@ -71,7 +73,7 @@ for attack, rate in parse_specs(s["victims"]):
         models[method] = (result.model, result)
     for name, (model, result) in models.items():
         features = {group: analysis.penultimate(model, images.images) for group, images in groups.items()}
-        row = section.row(victim, result) if result is not None else section.row(victim)
+        row = result_row(victim, result) if result is not None else victim_row(victim)
         row.update(model=name, separation=analysis.separation(features["triggered"], features["clean target"]))
         rows.append(row)
         points = analysis.tsne(np.concatenate(list(features.values())), seed)
@@ -104,29 +106,35 @@ sep = {(r.attack, r.rate, r.model): r.separation for r in learned.itertuples()}
 rates_seen = sorted({(a, r) for a, r, _ in sep}, key=lambda k: k[1])
 if len(rates_seen) >= 2:
     (a_low, r_low), (a_high, r_high) = rates_seen[0], rates_seen[-1]
-    section.claims.check("Before defense, triggered and clean target features are less separable at the low rate than at the high rate (FST Fig. 3)",
+    section.claim("Before defense, triggered and clean target features are less separable at the low rate than at the high rate (FST Fig. 3)",
                      sep[(a_low, r_low, "victim")] < sep[(a_high, r_high, "victim")],
                      f"victim silhouette {sep[(a_low, r_low, 'victim')]:.3f} at {r_low:g} vs {sep[(a_high, r_high, 'victim')]:.3f} at {r_high:g}")
 else:
-    section.claims.check("Before defense, features are less separable at the low rate than at the high rate (FST Fig. 3)", False,
+    section.claim("Before defense, features are less separable at the low rate than at the high rate (FST Fig. 3)", False,
                      f"needs two backdoored victims at different rates; have {rates_seen}")
 # The low-rate claims need a backdoored victim below the highest rate; with one victim there is none.
 a_low, r_low = rates_seen[0] if len(rates_seen) >= 2 else (None, None)
 low = {m: v for (a, r, m), v in sep.items() if (a, r) == (a_low, r_low)}
 shift = [low[m] for m in ("fe_tuning", "ft_init", "fst") if m in low]
 still = [low[m] for m in ("ft", "lp") if m in low]
-section.claims.check("At the low rate, feature-shift methods (FE-tuning, FT-init, FST) separate triggered from clean target features more than FT and LP, on average (FST Fig. 4)",
+section.claim("At the low rate, feature-shift methods (FE-tuning, FT-init, FST) separate triggered from clean target features more than FT and LP, on average (FST Fig. 4)",
                  bool(shift and still) and np.mean(shift) > np.mean(still),
                  "silhouette " + ", ".join(f"{m} {v:.3f}" for m, v in low.items()) if low else "no backdoored low-rate victim")
 others = [m for m in ("nft", "d3") if m in low]
-if not section.claims.check("NFT and D3 also separate triggered from clean target features beyond the victim (NFT Fig. 1, D3 Fig. 4a)",
-                        bool(others) and all(low[m] > low["victim"] for m in others),
-                        ", ".join(f"{m} {low[m]:.3f}" for m in ["victim", *others] if m in low) or "no backdoored low-rate victim") and others:
-    # Separation is the papers' account of removal: does it follow the backdoor's removal across every model at this rate?
-    at_low = scores[(scores["attack"] == a_low) & (scores["rate"] == r_low)].set_index("model")
+at_low = scores[(scores["attack"] == a_low) & (scores["rate"] == r_low)].set_index("model")
+
+
+def separation_tracks_removal():
+    """Separation is the papers' account of removal: does it follow the backdoor's removal across every model at this rate?"""
     rho = at_low["separation"].corr(at_low["asr"], method="spearman")
-    section.claims.diagnose(", ".join(f"{m}: ASR {at_low.loc[m, 'asr']:.1f}%" for m in ["victim", *others])
-                        + f"; over the {len(at_low)} models at rate {r_low:g}, silhouette against ASR has Spearman rho {rho:.2f}"
-                        + (" (the models that remove more of the backdoor separate the features more)" if rho < -0.5 else
-                           " (separation does not track removal here)"))
+    return (", ".join(f"{m}: ASR {at_low.loc[m, 'asr']:.1f}%" for m in ["victim", *others])
+            + f"; over the {len(at_low)} models at rate {r_low:g}, silhouette against ASR has Spearman rho {rho:.2f}"
+            + (" (the models that remove more of the backdoor separate the features more)" if rho < -0.5 else
+               " (separation does not track removal here)")) if others else ""
+
+
+section.claim("NFT and D3 also separate triggered from clean target features beyond the victim (NFT Fig. 1, D3 Fig. 4a)",
+              bool(others) and all(low[m] > low["victim"] for m in others),
+              ", ".join(f"{m} {low[m]:.3f}" for m in ["victim", *others] if m in low) or "no backdoored low-rate victim",
+              diagnosis=Diagnosis(separation_tracks_removal))
 section.finish();

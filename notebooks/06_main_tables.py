@@ -134,7 +134,7 @@ thresholds
 # %%
 DIAGNOSED_ELSEWHERE = {"nft": "; notebook 03 measures why NFT keeps the backdoor", "pad_ft": "; notebook 05 measures what PAD-FT's selection keeps"}
 learned = backdoored(results)
-# ASR's spread over three defense seeds, for one defense on one victim: the noise each claim's margin is weighed against
+# ACC's and ASR's spread over three defense seeds, for one defense on one victim: the noise each claim's margins are weighed against
 noise = section.spread(next((v for v in victims if v.backdoored), victims[0]), "fst") if "fst" in s["defenses"] else None
 for name in [d for d in PAPERS if d in s["defenses"]]:
     part = learned[learned["defense"] == name].assign(drop=lambda f: [section.victim(a, r).metrics["acc"] - acc for a, r, acc in zip(f["attack"], f["rate"], f["acc"])])
@@ -157,7 +157,8 @@ for name in [d for d in PAPERS if d in s["defenses"]]:
     section.claim(f"{name}: mean ASR below 10% with a mean ACC drop under 5 points over the backdoored victims",
                   not part.empty and part["asr"].mean() < 10 and part["drop"].mean() < 5,
                   f"mean ASR {part['asr'].mean():.1f}%, mean ACC drop {part['drop'].sum() / max(len(part), 1):.1f} points over {len(part)} victims",
-                  diagnosis=Diagnosis(which_victims, full_budget), margin=10 - part["asr"].mean() if not part.empty else None, noise=noise)
+                  diagnosis=Diagnosis(which_victims, full_budget), noise=noise,
+                  margins={"asr": 10 - part["asr"].mean(), "acc": 5 - part["drop"].mean()} if not part.empty else None)
 lowest = learned["rate"].min() if not learned.empty else None
 weak = learned[(learned["rate"] == lowest) & learned["defense"].isin(["ft", "lp"])]
 section.claim("FT and LP fail at the lowest backdoored rate (ASR stays above 20%)",

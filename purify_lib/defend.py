@@ -68,10 +68,22 @@ def _jsonable(value):
     return value
 
 
-def cached_defense(victim, name: str, settings: dict, data_spec: dict, evaluate, run, folder: Path) -> Defended:
-    """``run()`` (a defense call on ``victim``), or its stored result when this exact call was made before."""
+def _evaluated(record_path: Path) -> bool:
+    """Whether a stored entry has its curves (its last row's metrics); an unreadable one counts as having them, so
+    that loading it reports the damage and runs the defense again."""
+    try:
+        history = json.loads(record_path.read_text()).get("history") or [{}]
+    except (OSError, json.JSONDecodeError):
+        return True
+    return "acc" in history[-1]
+
+
+def cached_defense(victim, name: str, settings: dict, data_spec: dict, progress_size, run, folder: Path, history: bool = True) -> Defended:
+    """``run()`` (a defense call on ``victim``), or its stored result when this exact call was made before.  Whether
+    the call evaluated along the way is not part of the key (the model is the same): an entry stored without
+    its curves serves a call that asks for none (``history=False``), and one that does recomputes it."""
     precision = resolve_precision(next(victim.model.parameters()).device)
-    config = {"victim": victim.record["key"], "defense": name, "data": data_spec, "evaluate": evaluate, "code": code_digest(name),
+    config = {"victim": victim.record["key"], "defense": name, "data": data_spec, "progress_size": progress_size, "code": code_digest(name),
               "precision": precision,
               "settings": _jsonable({k: v for k, v in settings.items() if k not in ("poisoned", "progress")})}
     key = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -79,7 +91,7 @@ def cached_defense(victim, name: str, settings: dict, data_spec: dict, evaluate,
     weights, record_path = folder / f"{label}.pt", folder / f"{label}.json"
     folder.mkdir(parents=True, exist_ok=True)
     with locked(folder / f"{label}.lock"):
-        if record_path.exists():
+        if record_path.exists() and (not history or _evaluated(record_path)):
             model = copy.deepcopy(victim.model).cpu()
             if DEFENSES[name].rebuild is not None:  # the purified model's own layers (MM-BD's clipping), before its weights load
                 DEFENSES[name].rebuild(model)
@@ -175,5 +187,4 @@ def defend(victim, name: str, profile=None, evaluate: bool = True, data_fraction
         data_spec = {"fraction": data_fraction, "size": len(data), "from": victim.splits.defense_from}
     if triggered_oracle:
         data_spec["triggered_oracle"] = True
-    evaluated = {"progress_size": profile.progress_eval_size} if evaluate and profile.progress_eval_size else evaluate
-    return cached_defense(victim, name, settings, data_spec, evaluated, run, zoo_dir() / "defended")
+    return cached_defense(victim, name, settings, data_spec, profile.progress_eval_size, run, zoo_dir() / "defended", history=evaluate)

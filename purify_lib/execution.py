@@ -303,7 +303,7 @@ def plan(tasks: list[tuple[str, dict]], profile: str, parameters: dict, force: b
         planned = [i for i in record["items"] if i["kind"] == "diagnosis" and not i["ran"]]  # the ones that ran are among the defense items
         lines.append(f"{label}: to run" + (f"; recorded with other values of {', '.join(differ)}, so what it needs may differ" if differ else "")
                      + (f"; the code of {', '.join(changed)} changed since, so their runs are redone" if changed else ""))
-        own = max(record["seconds"] - sum(item["seconds"] for item in record["items"]), 0.0)
+        own = max(record["seconds"] - sum(item.get("seconds", 0.0) for item in record["items"]), 0.0)
         left = {"victims": 0.0, "defenses": 0.0, "own": own}
         counts = {"victim": [0, 0], "defense": [0, 0]}
         for item in (i for i in record["items"] if i["kind"] != "diagnosis"):

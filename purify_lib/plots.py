@@ -110,3 +110,26 @@ def heatmaps(frame: pd.DataFrame, index: str, columns: str, title: str, order=No
         ax.set(title=f"{metric.upper()} (%) after each defense", xlabel="", ylabel="")
     fig.suptitle(title)
     return fig
+
+
+def panels(frame: pd.DataFrame, x: str, hue: str, columns, title: str, xlabel: str | None = None, vline: float | None = None,
+           width: float = 3.75, log_x: bool = False, legend: str = "last"):
+    """One panel per ``(column, label[, panel title])`` of ``columns``: a line per ``hue`` of that column against
+    ``x``, the legend on the ``last`` (or ``first``) panel, an optional dashed line at ``vline``.  Returns the figure."""
+    fig, axes = plt.subplots(1, len(columns), figsize=(width * len(columns), 3.2), squeeze=False)
+    for ax, (metric, label, *panel_title) in zip(axes[0], columns):
+        sns.lineplot(data=frame, x=x, y=metric, hue=hue, marker="o", ax=ax, legend=ax is axes[0, -1 if legend == "last" else 0])
+        if vline is not None:
+            ax.axvline(vline, color="grey", lw=0.8, ls="--")
+        ax.set(ylabel=label, xlabel=xlabel or x, xscale="log" if log_x else "linear", title=panel_title[0] if panel_title else "")
+    fig.suptitle(title)
+    return fig
+
+
+def bars(frame: pd.DataFrame, x: str, y: str, hue: str, title: str, ylabel: str, ylim=None, size=(7, 3.2)):
+    """Grouped bars of ``y`` per ``x``, one colour per ``hue``, the ``x`` labels slanted.  Returns the figure."""
+    fig, ax = plt.subplots(figsize=size)
+    sns.barplot(data=frame, x=x, y=y, hue=hue, ax=ax)
+    ax.set(ylabel=ylabel, xlabel="", ylim=ylim, title=title)
+    ax.tick_params(axis="x", rotation=30)
+    return fig

@@ -21,7 +21,7 @@ import pandas as pd
 from . import plots
 from .defend import code_digest, defend
 from .files import atomic_path, locked
-from .metrics import der, pick_device
+from .metrics import pick_device
 from .profiles import get_profile
 from .claims import Claims, Diagnosis, verdict
 from .paths import figures_dir
@@ -72,15 +72,21 @@ class Section:
         self.needs.append({"kind": kind, "victim": victim_name(victim), **what,
                            "entry": entry, "cached": cached, "seconds": round(time.perf_counter() - started, 1), "cost": round(cost, 1)})
 
-    def claim(self, text: str, holds: bool, measured: str, *, diagnosis: Diagnosis | None = None, margin: float | None = None,
-              noise: float | None = None) -> bool:
+    def claim(self, text: str, holds: bool, measured: str, *, diagnosis: Diagnosis | None = None, margins: dict | None = None,
+              noise: dict | None = None) -> bool:
         """Check a paper's claim on the numbers just computed.  ``diagnosis`` runs only when the claim differs; its
-        defense runs are noted either way (kind ``diagnosis``), so ``run_all.py --plan`` prices them.  ``margin``: how
-        far the measurement sits from the claim's threshold, in the metric's unit; with ``noise`` (the spread the seed
-        alone gives, ``spread``) a verdict decided inside the spread says so."""
-        within = margin is not None and noise is not None and abs(margin) <= noise
-        passed = self.claims.check(text, holds, measured + (f" (within noise: {abs(margin):.2f} from the threshold, "
-                                                             f"against a seed spread of {noise:.2f})" if within else ""), within_noise=within)
+        defense runs are noted either way (kind ``diagnosis``), so ``run_all.py --plan`` prices them.  ``margins``: per
+        metric, how far the measurement sits on the passing side of the claim's threshold (negative: the failing
+        side); with ``noise`` (``spread``: what the seed alone moves each metric) a verdict that a seed could flip
+        says so: a pass with some margin inside its spread, or a failure with every failing margin inside it."""
+        within = False
+        if margins and noise:
+            spread_of = {metric: margin for metric, margin in margins.items() if metric in noise}
+            within = (not all(m > noise[k] for k, m in spread_of.items()) if holds else
+                      not any(m < -noise[k] for k, m in spread_of.items()))
+        note = " (within noise: " + ", ".join(f"{k} {m:+.1f} from the threshold against a seed spread of {noise[k]:.1f}"
+                                              for k, m in margins.items() if k in noise) + ")" if within else ""
+        passed = self.claims.check(text, holds, measured + note, within_noise=within)
         if diagnosis is not None:
             for victim, name, params in diagnosis.runs:
                 self.needs.append({"kind": "diagnosis", "claim": text, "victim": victim_name(victim), "defense": name,
@@ -91,11 +97,11 @@ class Section:
                     self.claims.diagnose(explained)
         return passed
 
-    def spread(self, victim, name: str, seeds=(0, 1, 2), metric: str = "asr") -> float:
-        """The standard deviation of ``metric`` after defense ``name`` on ``victim`` over defense ``seeds``: the noise
-        a claim's margin is weighed against."""
-        values = pd.Series([self.defend(victim, name, seed=seed).history[-1][metric] for seed in seeds], dtype=float)
-        return float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    def spread(self, victim, name: str, seeds=(0, 1, 2), metrics=("acc", "asr")) -> dict:
+        """The standard deviation of each metric after defense ``name`` on ``victim`` over defense ``seeds``: the noise
+        a claim's margins are weighed against."""
+        finals = [self.defend(victim, name, seed=seed).history[-1] for seed in seeds]
+        return {m: float(pd.Series([f[m] for f in finals], dtype=float).std(ddof=1)) if len(finals) > 1 else 0.0 for m in metrics}
 
     def settings(self, defaults: dict, **given) -> dict:
         """Each parameter as given, or, when left empty (``[]``, ``""``, ``0``, ``None``), this section's default for the profile."""
@@ -103,16 +109,6 @@ class Section:
         self.parameters.update(chosen)
         self.requested.update(given)
         return chosen
-
-    def row(self, victim, result=None, **labels) -> dict:
-        """One table row: the victim, the defense (or none), final ACC/ASR/RA, DER and wall time."""
-        before = victim.metrics
-        after = result.history[-1] if result is not None else before
-        return {"attack": victim.attack.name, "rate": victim.poison_rate, "backdoored": victim.backdoored,
-                "defense": result.method if result is not None else "none", **labels,
-                "acc": after["acc"], "asr": after["asr"], "ra": after["ra"],
-                "der": der(before, after) if result is not None else None,
-                "seconds": result.seconds if result is not None else None}
 
     def record(self) -> dict:
         return run_record(self.notebook, self.profile, self.parameters, self.victims.values(), self.device)

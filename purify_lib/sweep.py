@@ -36,10 +36,11 @@ def result_row(victim, result, **labels) -> dict:
             "der": der(victim.metrics, after), "seconds": result.seconds}
 
 
-def sweep(run, victims, arms, *, baseline: bool = True, **labels) -> pd.DataFrame:
+def sweep(run, victims, arms, *, baseline: bool = True, extra: dict | None = None, **labels) -> pd.DataFrame:
     """Every arm on every victim through ``run.defend`` (cached), one row each, after each victim's own row
     (``baseline``); ``labels`` go on every row.  ``victims``: zoo victims, or ``(attack, rate)`` specs;
-    ``arms``: a list, or a function of the victim giving its list."""
+    ``arms``: a list, or a function of the victim giving its list; ``extra``: column -> key of the result's
+    ``extra`` to show (PAD's ``kept_poisoned``)."""
     rows = []
     for victim in victims:
         victim = run.victim(*victim) if isinstance(victim, tuple) else victim
@@ -49,7 +50,8 @@ def sweep(run, victims, arms, *, baseline: bool = True, **labels) -> pd.DataFram
             entry = arm(entry) if isinstance(entry, str) else entry
             columns = {k: v for k, v in entry.items() if k not in ("defense", "params", "name", "show")}
             params = entry.get("params", {})
-            row = {**result_row(victim, run.defend(victim, entry["defense"], **params), **labels, **columns),
+            result = run.defend(victim, entry["defense"], **params)
+            row = {**result_row(victim, result, **labels, **columns), **{column: result.extra.get(key) for column, key in (extra or {}).items()},
                    **(params if entry.get("show", True) else {})}
             rows.append({**row, "defense": entry.get("name", row["defense"])})
     frame = pd.DataFrame(rows)
@@ -59,6 +61,24 @@ def sweep(run, victims, arms, *, baseline: bool = True, **labels) -> pd.DataFram
     plain_ft = frame[(frame["defense"] == "ft")].drop_duplicates("victim").set_index("victim")["seconds"]
     frame["time vs FT"] = [s / plain_ft[v] if s and v in plain_ft.index else None for v, s in zip(frame["victim"], frame["seconds"])]
     return frame
+
+
+def by_trigger_set(run, specs, sets: list[str]) -> dict:
+    """Each trigger set's victims (``attacks.TRIGGER_SETS``): ``{set: [victim, ...]}`` for ``(attack, rate)``
+    ``specs``; an attack with one version (no set names it) appears once, under the first set."""
+    from .attacks import TRIGGER_SETS
+    from .errors import choose
+
+    for name in sets:  # every name checked before any victim trains
+        choose("trigger set", name, TRIGGER_SETS)
+    chosen, seen = {}, set()
+    for name in sets:
+        for attack, rate in specs:
+            params = TRIGGER_SETS[name].get(attack, {})
+            if (attack, rate, str(params)) not in seen:
+                seen.add((attack, rate, str(params)))
+                chosen.setdefault(name, []).append(run.victim(attack, rate, **params))
+    return chosen
 
 
 def backdoored(frame: pd.DataFrame) -> pd.DataFrame:

@@ -216,3 +216,24 @@ def test_without_poisons_takes_the_known_poisons_out_for_the_pad_family_only(vic
     assert torch.equal(oracle.images, poisoned.data.images[clean]) and torch.equal(oracle.labels, poisoned.data.labels[clean])
     with pytest.raises(PurifyError, match="without_poisons is for the defenses that use the poisoned training set"):
         defend(victim, "ft", epochs=1, without_poisons=True)
+
+
+def test_plan_prices_a_diagnosis_that_has_not_run(tmp_path, monkeypatch):
+    """A declared diagnosis whose claim held is in the needs record, not run: --plan prices it from the recorded
+    run of the same defense, scaled by the budget it changes (epochs 20 against the 2 that run used)."""
+    from purify_lib import execution
+
+    monkeypatch.setenv("PURIFY_ZOO", str(tmp_path / "zoo"))
+    monkeypatch.setenv("PURIFY_BUILD", str(tmp_path / "build"))
+    (tmp_path / "zoo" / "defended").mkdir(parents=True)
+    (tmp_path / "zoo" / "defended" / "v--d3-abc.json").write_text(json.dumps({"params": {"epochs": 2, "lr": 0.01}}))
+    record = {"requested": {}, "defense_code": {}, "seconds": 100.0, "items": [
+        {"kind": "defense", "victim": "badnets:0.1", "defense": "d3", "params": {"seed": 0}, "entry": "v--d3-abc", "cached": False,
+         "seconds": 30.0, "cost": 30.0},
+        {"kind": "diagnosis", "claim": "d3 holds", "victim": "badnets:0.1", "defense": "d3", "params": {"seed": 0, "epochs": 20}, "ran": False},
+        {"kind": "diagnosis", "claim": "nc holds", "victim": "badnets:0.1", "defense": "nc", "params": {"seed": 0}, "ran": False}]}
+    monkeypatch.setattr(execution, "needs_record", lambda name, profile: record)
+    plan = execution.plan([("06_main_tables", {})], "smoke", {}, force=True)
+    assert "diagnosis defense d3 on badnets:0.1 (epochs=20)" in plan and "runs if its claim differs: about 5.0 min" in plan
+    assert "no run of this defense recorded to price it from" in plan  # nc: nothing to price it from, and it says so
+    assert "plus up to 5.0 min of diagnoses, run only where their claims differ" in plan.splitlines()[-1]

@@ -15,6 +15,13 @@ for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
 
+# Trigger sets: the attack parameters that give another paper's version of an attack.  NFT's own attacks (its
+# src/data/badnets_blend.py): a grey-level 3x3 corner pattern blended at 0.6, and a uniform-noise image blended at
+# 0.2, poisons drawn from the other classes.  An attack a set does not name keeps its one version.
+TRIGGER_SETS = {"nft": {"badnets": {"variant": "nft", "pool": "non_target"}, "blended": {"variant": "nft", "pool": "non_target"}},
+                "backdoorbench": {}}
+
+
 def make_attack(name: str, **params) -> Attack:
     """Build an attack by name; unknown names or parameters fail with a one-line error."""
     cls = ATTACKS[choose("attack", name, ATTACKS)]
@@ -24,4 +31,4 @@ def make_attack(name: str, **params) -> Attack:
         raise PurifyError(f"bad parameters for attack {name!r}: {exc}") from None
 
 
-__all__ = ["ATTACKS", "Attack", "Poisoned", "make_attack"]
+__all__ = ["ATTACKS", "TRIGGER_SETS", "Attack", "Poisoned", "make_attack"]

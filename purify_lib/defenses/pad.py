@@ -48,10 +48,14 @@ def sce_scores(model, data: ImageSet, alpha: float = 0.5) -> torch.Tensor:
 
 def select_low_sce(model, data: ImageSet, n_c: int, alpha: float = 0.5) -> torch.Tensor:
     """Indices of the ``n_c`` lowest-SCE samples of every class."""
-    scores = sce_scores(model, data, alpha)
+    return lowest_per_class(sce_scores(model, data, alpha), data.labels, n_c)
+
+
+def lowest_per_class(scores: torch.Tensor, labels: torch.Tensor, n_c: int) -> torch.Tensor:
+    """Indices (sorted) of the ``n_c`` lowest ``scores`` of every class of ``labels``."""
     chosen = []
-    for c in data.labels.unique():
-        members = torch.nonzero(data.labels == c).squeeze(1)
+    for c in labels.unique():
+        members = torch.nonzero(labels == c).squeeze(1)
         if len(members) < n_c:
             raise PurifyError(f"class {int(c)} has {len(members)} samples; n_c={n_c} asks for more")
         chosen.append(members[scores[members].argsort()[:n_c]])
