@@ -203,6 +203,9 @@ def main(argv=None) -> int:
     else:
         results = run_submitit(tasks, profile, parameters, args.force, args)
     print(summary(results, time.perf_counter() - started))
+    from purify_lib.status import write_status
+
+    print(f"status written to {write_status(execution.notebook_names(), profile)}")  # what reproduces, from the notebooks' records
     failed = [r["notebook"] for r in results if r["status"] == "failed"]
     if failed:
         print(f"error: {len(failed)} notebook(s) failed: {', '.join(failed)}; run the same command again to retry only these",

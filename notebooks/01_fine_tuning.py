@@ -106,6 +106,9 @@ low_rates_table
 tuned = backdoored(rate_sweep[rate_sweep["attack"].isin(s["attacks"])])
 high, low = max(s["rates"]), min(tuned["rate"], default=None)
 best_ft = per(tuned[(tuned["rate"] == high) & (tuned["defense"] == "ft")], "attack", "asr", "min")
+learned = [v for v in (section.victim(a, r) for a, r in victims) if v.backdoored]
+# ASR's spread over three defense seeds, for FT on one learned victim: what each claim's margin is weighed against
+noise = section.spread(learned[0], "ft", lr=0.01) if learned else None
 larger_lr = [(victim, "ft", {"lr": lr}) for victim in (section.victim(a, high) for a in s["attacks"]) if victim.backdoored and best_ft for lr in (0.05, 0.1)]
 
 
@@ -120,13 +123,15 @@ def learning_rate_limit(*results):
 section.claim("FT removes the backdoor at the highest rate with some learning rate (ASR < 20%)",
               bool(best_ft) and all(v < 20 for v in best_ft.values()),
               f"best FT ASR at rate {high:g}: " + ", ".join(f"{a} {v:.1f}%" for a, v in best_ft.items()),
-              diagnosis=Diagnosis(learning_rate_limit, larger_lr))
+              diagnosis=Diagnosis(learning_rate_limit, larger_lr), noise=noise, margins={"asr": 20 - max(best_ft.values())} if best_ft else None)
 at_low = tuned[(tuned["rate"] == low) & (tuned["rate"] < high)]
 section.claim("FT and LP fail at the lowest rate whose backdoor was learned (ASR stays >= 20% for every learning rate)",
               not at_low.empty and (at_low["asr"] >= 20).all(),
-              f"rate {low}: " + ", ".join(f"{r.attack} {r.method} {r.asr:.1f}%" for r in at_low.itertuples()) if not at_low.empty else "no backdoored victim below the highest rate")
+              f"rate {low}: " + ", ".join(f"{r.attack} {r.method} {r.asr:.1f}%" for r in at_low.itertuples()) if not at_low.empty else "no backdoored victim below the highest rate",
+              noise=noise, margins={"asr": at_low["asr"].min() - 20} if not at_low.empty else None)
 means = per(backdoored(table1), "defense", "asr")
 section.claim("FE-tuning and FT-init lower ASR more than LP and FT at low rates (Table 1 means)",
               bool(means) and max(means.get("fe_tuning", 100), means.get("ft_init", 100)) < min(means.get("lp", 0), means.get("ft", 0)),
-              "mean ASR " + ", ".join(f"{k} {v:.1f}%" for k, v in means.items()))
+              "mean ASR " + ", ".join(f"{k} {v:.1f}%" for k, v in means.items()), noise=noise,
+              margins={"asr": min(means.get("lp", 0), means.get("ft", 0)) - max(means.get("fe_tuning", 100), means.get("ft_init", 100))} if means else None)
 section.finish();

@@ -21,7 +21,7 @@ import pandas as pd
 from . import plots
 from .defend import code_digest, defend
 from .files import atomic_path, locked
-from .metrics import pick_device
+from .metrics import der, pick_device
 from .profiles import get_profile
 from .claims import Claims, Diagnosis, verdict
 from .paths import figures_dir
@@ -81,11 +81,11 @@ class Section:
         says so: a pass with some margin inside its spread, or a failure with every failing margin inside it."""
         within = False
         if margins and noise:
-            spread_of = {metric: margin for metric, margin in margins.items() if metric in noise}
-            within = (not all(m > noise[k] for k, m in spread_of.items()) if holds else
-                      not any(m < -noise[k] for k, m in spread_of.items()))
-        note = " (within noise: " + ", ".join(f"{k} {m:+.1f} from the threshold against a seed spread of {noise[k]:.1f}"
-                                              for k, m in margins.items() if k in noise) + ")" if within else ""
+            spread_of = {metric: margin for metric, margin in margins.items() if noise.get(metric)}  # a seed that moves nothing flips nothing
+            within = bool(spread_of) and (not all(m > noise[k] for k, m in spread_of.items()) if holds else
+                                          not any(m < -noise[k] for k, m in spread_of.items()))
+        note = " (within noise: " + ", ".join(f"{k} {m:+.{3 if k == 'der' else 1}f} from the threshold against a seed spread of {noise[k]:.{3 if k == 'der' else 1}f}"
+                                              for k, m in margins.items() if noise.get(k)) + ")" if within else ""
         passed = self.claims.check(text, holds, measured + note, within_noise=within)
         if diagnosis is not None:
             for victim, name, params in diagnosis.runs:
@@ -97,11 +97,12 @@ class Section:
                     self.claims.diagnose(explained)
         return passed
 
-    def spread(self, victim, name: str, seeds=(0, 1, 2), metrics=("acc", "asr")) -> dict:
-        """The standard deviation of each metric after defense ``name`` on ``victim`` over defense ``seeds``: the noise
-        a claim's margins are weighed against."""
-        finals = [self.defend(victim, name, seed=seed).history[-1] for seed in seeds]
-        return {m: float(pd.Series([f[m] for f in finals], dtype=float).std(ddof=1)) if len(finals) > 1 else 0.0 for m in metrics}
+    def spread(self, victim, name: str, seeds=(0, 1, 2), **params) -> dict:
+        """The standard deviation of ACC, ASR and DER after defense ``name`` (with ``params``) on ``victim`` over
+        defense ``seeds``: the noise a claim's margins are weighed against."""
+        finals = [self.defend(victim, name, **params, seed=seed).history[-1] for seed in seeds]
+        finals = [{**f, "der": der(victim.metrics, f)} for f in finals]
+        return {m: float(pd.Series([f[m] for f in finals], dtype=float).std(ddof=1)) if len(finals) > 1 else 0.0 for m in ("acc", "asr", "der")}
 
     def settings(self, defaults: dict, **given) -> dict:
         """Each parameter as given, or, when left empty (``[]``, ``""``, ``0``, ``None``), this section's default for the profile."""

@@ -1,6 +1,6 @@
 """Victims x defenses x settings as one tidy table: the loop every notebook section runs, written once.
 
-``sweep(run, victims, arms)`` gives one row per victim (``defense == "none"``: the victim as the zoo
+``sweep(section, victims, arms)`` gives one row per victim (``defense == "none"``: the victim as the zoo
 trained it) and one per (victim, arm), each with ACC, ASR, RA (%), DER, wall seconds and the time
 relative to FT on the same victim; ``beside_published`` sets the papers' cells beside those rows.
 An arm is a defense name, or a dict ``{"defense": name, "params": {...}, **labels}``: the labels
@@ -36,21 +36,21 @@ def result_row(victim, result, **labels) -> dict:
             "der": der(victim.metrics, after), "seconds": result.seconds}
 
 
-def sweep(run, victims, arms, *, baseline: bool = True, extra: dict | None = None, **labels) -> pd.DataFrame:
-    """Every arm on every victim through ``run.defend`` (cached), one row each, after each victim's own row
+def sweep(section, victims, arms, *, baseline: bool = True, extra: dict | None = None, **labels) -> pd.DataFrame:
+    """Every arm on every victim through ``section.defend`` (cached), one row each, after each victim's own row
     (``baseline``); ``labels`` go on every row.  ``victims``: zoo victims, or ``(attack, rate)`` specs;
     ``arms``: a list, or a function of the victim giving its list; ``extra``: column -> key of the result's
     ``extra`` to show (PAD's ``kept_poisoned``)."""
     rows = []
     for victim in victims:
-        victim = run.victim(*victim) if isinstance(victim, tuple) else victim
+        victim = section.victim(*victim) if isinstance(victim, tuple) else victim
         if baseline:
             rows.append(victim_row(victim, **labels))
         for entry in arms(victim) if callable(arms) else arms:
             entry = arm(entry) if isinstance(entry, str) else entry
             columns = {k: v for k, v in entry.items() if k not in ("defense", "params", "name", "show")}
             params = entry.get("params", {})
-            result = run.defend(victim, entry["defense"], **params)
+            result = section.defend(victim, entry["defense"], **params)
             row = {**result_row(victim, result, **labels, **columns), **{column: result.extra.get(key) for column, key in (extra or {}).items()},
                    **(params if entry.get("show", True) else {})}
             rows.append({**row, "defense": entry.get("name", row["defense"])})
@@ -63,7 +63,7 @@ def sweep(run, victims, arms, *, baseline: bool = True, extra: dict | None = Non
     return frame
 
 
-def by_trigger_set(run, specs, sets: list[str]) -> dict:
+def by_trigger_set(section, specs, sets: list[str]) -> dict:
     """Each trigger set's victims (``attacks.TRIGGER_SETS``): ``{set: [victim, ...]}`` for ``(attack, rate)``
     ``specs``; an attack with one version (no set names it) appears once, under the first set."""
     from .attacks import TRIGGER_SETS
@@ -77,7 +77,7 @@ def by_trigger_set(run, specs, sets: list[str]) -> dict:
             params = TRIGGER_SETS[name].get(attack, {})
             if (attack, rate, str(params)) not in seen:
                 seen.add((attack, rate, str(params)))
-                chosen.setdefault(name, []).append(run.victim(attack, rate, **params))
+                chosen.setdefault(name, []).append(section.victim(attack, rate, **params))
     return chosen
 
 
@@ -132,18 +132,18 @@ def beside_published(frame: pd.DataFrame, tables: pd.DataFrame, profile, note=No
     return ours.merge(published, on=["attack", "rate", "defense"], how="left")
 
 
-def nc_detections(run, victims) -> pd.DataFrame:
+def nc_detections(section, victims) -> pd.DataFrame:
     """Neural Cleanse as a detector on each victim: the classes it flags (anomaly index > 2) against the true target."""
     rows = []
     for victim in victims:
-        extra = run.defend(victim, "nc").extra
+        extra = section.defend(victim, "nc").extra
         rows.append({"attack": victim.attack.name, "rate": victim.poison_rate, "backdoored": victim.backdoored, "target": victim.attack.target,
                      "flagged": extra["flagged"], "anomaly index (smallest norm)": extra["anomaly_index"],
                      "correct": extra["flagged"] == [victim.attack.target]})
     return pd.DataFrame(rows)
 
 
-def rnp_thresholds(run, victims, thresholds=(0.2, 0.5, 0.7, 0.9)) -> pd.DataFrame:
+def rnp_thresholds(section, victims, thresholds=(0.2, 0.5, 0.7, 0.9)) -> pd.DataFrame:
     """Each backdoored victim pruned from RNP's cached masks at other thresholds (no retraining): how much of
     RNP's result is its threshold."""
     from .defenses.rnp import prune_by_masks
@@ -151,7 +151,7 @@ def rnp_thresholds(run, victims, thresholds=(0.2, 0.5, 0.7, 0.9)) -> pd.DataFram
 
     rows = []
     for victim in (v for v in victims if v.backdoored):
-        result = run.defend(victim, "rnp")
+        result = section.defend(victim, "rnp")
         for threshold in thresholds:
             pruned_model, pruned = prune_by_masks(victim.model, result.extra["masks"], threshold)
             metrics = evaluate(pruned_model, victim.splits.test, victim.attack, triggered=victim.triggered_test())

@@ -237,3 +237,19 @@ def test_plan_prices_a_diagnosis_that_has_not_run(tmp_path, monkeypatch):
     assert "diagnosis defense d3 on badnets:0.1 (epochs=20)" in plan and "runs if its claim differs: about 5.0 min" in plan
     assert "no run of this defense recorded to price it from" in plan  # nc: nothing to price it from, and it says so
     assert "plus up to 5.0 min of diagnoses, run only where their claims differ" in plan.splitlines()[-1]
+
+
+def test_a_verdict_a_seed_could_flip_says_within_noise(tmp_path, monkeypatch):
+    from purify_lib.section import Section
+
+    monkeypatch.setenv("PURIFY_BUILD", str(tmp_path))
+    section = Section("nb", "smoke")
+    noise = {"asr": 2.0, "acc": 0.0}
+    section.claim("passes by 0.1", True, "5.4 against 5.5", margins={"asr": 0.1}, noise=noise)
+    section.claim("passes by 30", True, "ASR 0%", margins={"asr": 30.0}, noise=noise)
+    section.claim("fails by 1 on ASR and by 20 on ACC", False, "", margins={"asr": -1.0, "acc": -20.0}, noise={"asr": 2.0, "acc": 3.0})
+    section.claim("fails by 1", False, "", margins={"asr": -1.0}, noise=noise)
+    section.claim("fails at a threshold no seed moves", False, "", margins={"acc": 0.0}, noise=noise)
+    rows = section.claims.rows
+    assert [r["within_noise"] for r in rows] == [True, False, False, True, False]
+    assert rows[0]["measured"] == "5.4 against 5.5 (within noise: asr +0.1 from the threshold against a seed spread of 2.0)"

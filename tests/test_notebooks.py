@@ -34,10 +34,6 @@ def smoke_env(tmp_path_factory):
             os.environ[k] = v
 
 
-def test_there_are_six_notebooks():
-    assert NAMES == ["01_fine_tuning", "02_feature_shift", "03_nft_mixup", "04_distance", "05_data_purification", "06_main_tables"]
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_source_is_narrative_with_parameters_first_and_claims_last(name):
     notebook = jupytext.read(ROOT / "notebooks" / f"{name}.py")
