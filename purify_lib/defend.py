@@ -69,13 +69,12 @@ def _jsonable(value):
 
 
 def _evaluated(record_path: Path) -> bool:
-    """Whether a stored entry has its curves (its last row's metrics); an unreadable one counts as having them, so
-    that loading it reports the damage and runs the defense again."""
+    """Whether a stored entry was made by a call that evaluated along the way; an unreadable one counts as such,
+    so that loading it reports the damage and runs the defense again."""
     try:
-        history = json.loads(record_path.read_text()).get("history") or [{}]
+        return bool(json.loads(record_path.read_text()).get("evaluated", True))
     except (OSError, json.JSONDecodeError):
         return True
-    return "acc" in history[-1]
 
 
 def cached_defense(victim, name: str, settings: dict, data_spec: dict, progress_size, run, folder: Path, history: bool = True) -> Defended:
@@ -105,7 +104,7 @@ def cached_defense(victim, name: str, settings: dict, data_spec: dict, progress_
         result = run()
         save_checkpoint(result.model, weights, record_path, {
             "config": config, "key": key, "params": _jsonable(result.params), "seconds": round(result.seconds, 2),
-            "history": result.history, "extra": _jsonable(result.extra), "device": str(next(result.model.parameters()).device),
+            "history": result.history, "evaluated": history, "extra": _jsonable(result.extra), "device": str(next(result.model.parameters()).device),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         result.cache_entry = label
         return result

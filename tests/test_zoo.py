@@ -266,3 +266,17 @@ def test_records_name_the_gpu_cuda_cudnn_and_driver_when_there_is_one(monkeypatc
     facts = provenance.machine()
     assert {k: facts[k] for k in ("gpu", "gpu_capability", "cuda", "cudnn", "driver")} == {
         "gpu": "NVIDIA H200", "gpu_capability": "9.0", "cuda": "12.8", "cudnn": 91000, "driver": "570.86"}
+
+
+def test_whether_a_call_evaluates_is_not_part_of_the_defense_cache_key(isolated_cache):
+    """run_defenses.py (no curves) and the notebooks (curves) share entries: a curve-less entry serves calls that
+    want none and is recomputed once for one that does; that one then serves both."""
+    from purify_lib.defend import defend
+
+    victim = get_victim("badnets", 0.1, recipe=tiny_recipe(), **TINY)
+    bare = defend(victim, "lp", epochs=1, evaluate=False)
+    assert not bare.cache_hit and defend(victim, "lp", epochs=1, evaluate=False).cache_hit
+    curves = defend(victim, "lp", epochs=1)
+    assert not curves.cache_hit and curves.cache_entry == bare.cache_entry and "acc" in curves.history[-1]
+    assert defend(victim, "lp", epochs=1).cache_hit and defend(victim, "lp", epochs=1, evaluate=False).cache_hit
+    assert len(list((isolated_cache / "defended").glob("*.json"))) == 1
