@@ -360,7 +360,8 @@ def test_bad_defense_input(small):
 LOWERS_ASR_IN_CI = ("fst", "ft_sam", "mmbd")
 ASR_BOUND = 40.0
 # The others are not a CI assertion, because their outcome at these budgets is not stable across
-# victims of the same recipe or sits near any bound one could choose: I-BAU 2.4% then 44.4%, D3
+# victims of the same recipe or sits near any bound one could choose (I-BAU at 2 rounds, since cut to 1 with
+# NC's and SAU's budgets, for CI time; these only have to run): I-BAU 2.4% then 44.4%, D3
 # 100% then 7.2%, NAD 50.1% then 11.3% (ACC 34-41%), FT 26.6% then 96.8% and FE-tuning 40.9% then
 # 97.7% (the second victim also ran after the FST family began rescaling the head in every mode, as
 # the official code does); LP, FT-init, NFT, ANP, PAD and PAD-FT stay at 84-100% on both.  Whether
