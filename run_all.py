@@ -16,6 +16,7 @@ per notebook and grid point instead; only the ones not yet done are submitted.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -60,13 +61,62 @@ def progress(index: int, count: int, result: dict) -> None:
     print(f"[{index}/{count}] {result['notebook']}: {result['status']} in {result['seconds']:.0f} s{verdict}{detail}", flush=True)
 
 
-def run_inline(tasks, profile, parameters, force) -> list[dict]:
-    results = []
+def run_inline(tasks, profile, parameters, force, estimate: dict) -> list[dict]:
+    results, started = [], time.perf_counter()
     for index, (name, point) in enumerate(tasks, 1):
         print(f"[{index}/{len(tasks)}] {execution.point_label(name, point)} (profile {profile}) ...", flush=True)
         results.append(execution.execute(name, profile, parameters, point, force))
         progress(index, len(tasks), results[-1])
+        rest = [estimate.get(execution.point_label(n, p)) for n, p in tasks[index:]]
+        if rest:
+            known = sum(m for m in rest if m is not None)
+            print(f"      {(time.perf_counter() - started) / 60:.1f} min so far; about {known:.1f} min left by the plan"
+                  + (f", plus {sum(m is None for m in rest)} notebook(s) it cannot price yet" if None in rest else ""), flush=True)
     return results
+
+
+def show_plan(estimate: dict) -> None:
+    """The plan's minutes per notebook, before the first one runs."""
+    known = sum(m for m in estimate.values() if m is not None)
+    parts = ", ".join(f"{label} {'?' if m is None else f'{m:.1f}'}" for label, m in estimate.items())
+    print(f"plan, in minutes: {parts}; about {known:.1f} in all"
+          + (" (? = no record of its needs yet: its first run sets one)" if None in estimate.values() else "") + "; `--plan` lists each item", flush=True)
+
+
+def zoo_is_empty() -> bool:
+    """Whether the zoo holds no victim and the defense cache no result: a cold run."""
+    from purify_lib.zoo import zoo_dir
+
+    zoo = zoo_dir()
+    return not any(zoo.glob("*.json")) and not any((zoo / "defended").glob("*.json"))
+
+
+def write_run_summary(results: list[dict], profile: str, wall: float, cold: bool, estimate: dict):
+    """``run_summary.json`` beside the profile's figures: what this run was, where, what it cost and computed."""
+    from purify_lib.files import atomic_path
+    from purify_lib.paths import figures_dir
+    from purify_lib.provenance import git_commit, machine
+
+    computed = {"victims": 0, "defense runs": 0}
+    for result in (r for r in results if r["status"] == "ran"):
+        name, _, point = result["notebook"].partition("@")
+        with execution._build_for(Path(result["build"]) if point else None):
+            record = execution.needs_record(name, profile) or {"items": []}
+        items = [i for i in record["items"] if i["kind"] != "diagnosis" and not i["cached"]]
+        computed["victims"] += sum(i["kind"] == "victim" for i in items)
+        computed["defense runs"] += sum(i["kind"] == "defense" for i in items)
+    facts = machine()
+    summary = {"commit": git_commit(), "profile": profile, "machine": {k: facts.get(k) for k in ("cpu", "threads", "gpu", "platform")},
+               "wall_seconds": round(wall, 1), "cold": cold,
+               "breakdown": {part: round(sum((r.get("breakdown") or {}).get(part, 0.0) for r in results), 1) for part in PARTS},
+               "computed": computed, "failed": [r["notebook"] for r in results if r["status"] == "failed"],
+               "planned_minutes": {k: None if v is None else round(v, 1) for k, v in estimate.items()},
+               "notebooks": [{"notebook": r["notebook"], "status": r["status"], "seconds": round(r["seconds"], 1),
+                              "breakdown": {k: round(v, 1) for k, v in (r.get("breakdown") or {}).items()}} for r in results]}
+    path = figures_dir(profile) / "run_summary.json"
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(summary, indent=1) + "\n")
+    return path
 
 
 def run_submitit(tasks, profile, parameters, force, args) -> list[dict]:
@@ -197,12 +247,16 @@ def main(argv=None) -> int:
         print(execution.plan(tasks, profile, parameters, args.force))
         return 0
 
-    started = time.perf_counter()
+    started, cold = time.perf_counter(), zoo_is_empty()
+    estimate = execution.plan_minutes(tasks, profile, parameters, args.force)
+    show_plan(estimate)
     if args.executor == "inline":
-        results = run_inline(tasks, profile, parameters, args.force)
+        results = run_inline(tasks, profile, parameters, args.force, estimate)
     else:
         results = run_submitit(tasks, profile, parameters, args.force, args)
-    print(summary(results, time.perf_counter() - started))
+    wall = time.perf_counter() - started
+    print(summary(results, wall))
+    print(f"run summary written to {write_run_summary(results, profile, wall, cold, estimate)}")
     from purify_lib.status import write_status
 
     print(f"status written to {write_status(execution.notebook_names(), profile)}")  # what reproduces, from the notebooks' records

@@ -272,6 +272,15 @@ def plan(tasks: list[tuple[str, dict]], profile: str, parameters: dict, force: b
     """What running ``tasks`` would do, without training anything: per notebook, the victims and defense
     runs its last finished run used (its needs record), which the zoo holds now, and the minutes left,
     estimated from the seconds each item took when it was computed."""
+    return "\n".join(_plan(tasks, profile, parameters, force)[0])
+
+
+def plan_minutes(tasks: list[tuple[str, dict]], profile: str, parameters: dict, force: bool = False) -> dict:
+    """The plan's minutes left per notebook label (0 when up to date, ``None`` when it has no needs record yet)."""
+    return _plan(tasks, profile, parameters, force)[1]
+
+
+def _plan(tasks, profile, parameters, force):
     from .defend import code_digest
     from .zoo import zoo_dir
 
@@ -280,6 +289,7 @@ def plan(tasks: list[tuple[str, dict]], profile: str, parameters: dict, force: b
     total = {"victims": 0.0, "defenses": 0.0, "own": 0.0}
     diagnoses_total = 0.0  # the diagnoses that run only where their claims differ
     unknown = []  # notebooks to run with no record of their needs
+    minutes: dict = {}  # label -> minutes left (None: unknown)
     lines = [f"plan under profile {profile}: each notebook's needs as its last finished run recorded them "
              f"(needs_<notebook>.json beside its figures), against what the zoo ({zoo}) holds now"]
     for name, point in tasks:
@@ -289,9 +299,11 @@ def plan(tasks: list[tuple[str, dict]], profile: str, parameters: dict, force: b
             record = needs_record(name, profile)
         if status == "unchanged":
             lines.append(f"{label}: up to date, nothing to run")
+            minutes[label] = 0.0
             continue
         if record is None:
             unknown.append(label)
+            minutes[label] = None
             lines.append(f"{label}: to run; no record of its needs yet (it has not finished under profile {profile} here), "
                          "so its victims, defense runs and minutes are unknown")
             continue
@@ -323,6 +335,7 @@ def plan(tasks: list[tuple[str, dict]], profile: str, parameters: dict, force: b
                      f"defense runs: {counts['defense'][0]} ({counts['defense'][1]} cached or computed earlier): about {sum(left.values()) / 60:.1f} min left ({left['victims'] / 60:.1f} training "
                      f"victims, {left['defenses'] / 60:.1f} running defenses, {own / 60:.1f} the notebook's own work)")
         total = {part: total[part] + left[part] for part in total}
+        minutes[label] = sum(left.values()) / 60
         for item in planned:
             cost = diagnosis_cost(item, record["items"], zoo / "defended")
             diagnoses_total += cost or 0.0
@@ -333,7 +346,7 @@ def plan(tasks: list[tuple[str, dict]], profile: str, parameters: dict, force: b
                  "from the times recorded on the machine that made each record"
                  + (f"; plus up to {diagnoses_total / 60:.1f} min of diagnoses, run only where their claims differ" if diagnoses_total else "")
                  + (f"; plus the unknown needs of {', '.join(unknown)}" if unknown else ""))
-    return "\n".join(lines)
+    return lines, minutes
 
 
 def victims_to_train(tasks: list[tuple[str, dict]], profile: str) -> list[dict]:

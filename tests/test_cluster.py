@@ -54,9 +54,16 @@ def test_local_executor_runs_two_notebooks_over_one_shared_zoo(tmp_path):
     trained = (tmp_path / "zoo" / "trained.log").read_text().splitlines()
     assert len(trained) == 1 and "blended-0.1-" in trained[0], trained  # both jobs used it; one trained it
     assert len(list((tmp_path / "build" / "submitit" / "smoke").glob("*/*_log.out"))) >= 2  # a log per job
+    assert "plan, in minutes: 02_feature_shift ?, 05_data_purification ?" in result.stdout  # no needs recorded yet
+    first = json.loads((tmp_path / "build" / "figures" / "smoke" / "run_summary.json").read_text())
+    assert first["cold"] and first["failed"] == [] and first["computed"]["victims"] == 1 and first["computed"]["defense runs"] > 0
+    assert [n["notebook"] for n in first["notebooks"]] == ["02_feature_shift", "05_data_purification"] and first["machine"]["threads"]
     again = run_all(tmp_path, "--executor", "local", "--only", *PAIR)
     assert again.returncode == 0 and "submitted" not in again.stdout  # nothing left to do: nothing submitted
     assert again.stdout.count("unchanged") >= 2
+    assert "plan, in minutes: 02_feature_shift 0.0, 05_data_purification 0.0" in again.stdout
+    second = json.loads((tmp_path / "build" / "figures" / "smoke" / "run_summary.json").read_text())
+    assert not second["cold"] and second["computed"] == {"victims": 0, "defense runs": 0}
 
 
 def test_grid_points_get_their_own_outputs(tmp_path, shared_zoo):
@@ -70,6 +77,9 @@ def test_grid_points_get_their_own_outputs(tmp_path, shared_zoo):
         sizes.add(stamp["parameters"]["per_group"])
         assert (point / "figures" / "smoke" / "feature_shift_tsne.png").exists()
     assert sizes == {20, 30}
+    assert "about 0.0 min left by the plan, plus 1 notebook(s) it cannot price yet" in result.stdout  # after the first point
+    summary = json.loads((tmp_path / "build" / "figures" / "smoke" / "run_summary.json").read_text())
+    assert [n["notebook"].split("@")[0] for n in summary["notebooks"]] == ["02_feature_shift"] * 2
 
 
 def test_killed_run_resumes_where_it_stopped(tmp_path, shared_zoo):
