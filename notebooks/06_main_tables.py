@@ -36,6 +36,7 @@ profile = ""  # smoke, cpu or paper; "" means $PURIFY_PROFILE, else cpu without 
 device = "auto"
 seed = 0  # the defenses' seed
 victim_seed = 0  # the victims' seed (split, poisons, training)
+seeds = []  # defense seeds for the main table: several give each cell's mean and standard deviation; empty means [seed]
 victims = []  # "attack:rate"; empty means this section's default for the profile
 defenses = []  # names from purify_lib.defenses.DEFENSES
 backdoorbench_ft_epochs = 0  # epochs of BackdoorBench's FT (its 100 cut where the profile cannot), run where a paper published it
@@ -77,7 +78,7 @@ tables = paper_tables.load()
 # BackdoorBench's FT, beside the published cells that ran it (D3's), not FST's FT that "ft" is
 backdoorbench_ft = arm("ft", name=paper_tables.BACKDOORBENCH_FT_ROW, show=False, **{**BACKDOORBENCH_FT, "epochs": s["backdoorbench_ft_epochs"]})
 d3_published_ft = lambda v: "ft" in s["defenses"] and (paper_tables.published(tables, v.attack.name, v.poison_rate, "ft")["paper"] == "D3").any()
-results = sweep(section, victims, lambda v: [*s["defenses"], *([backdoorbench_ft] if d3_published_ft(v) else [])])
+results = sweep(section, victims, lambda v: [*s["defenses"], *([backdoorbench_ft] if d3_published_ft(v) else [])], seeds=seeds or None)
 table = with_averages(results.drop(columns="victim"), "average (backdoored victims)")
 section.table(table, "main_table", f"Every defense against every victim, profile {section.profile.name} (width {section.profile.width}, "
               f"{section.profile.train_size or 'all'} training images); ACC/ASR/RA in %, DER in [0, 1], wall seconds on {section.device}.")

@@ -36,11 +36,12 @@ def result_row(victim, result, **labels) -> dict:
             "der": der(victim.metrics, after), "seconds": result.seconds}
 
 
-def sweep(section, victims, arms, *, baseline: bool = True, extra: dict | None = None, **labels) -> pd.DataFrame:
+def sweep(section, victims, arms, *, baseline: bool = True, extra: dict | None = None, seeds=None, **labels) -> pd.DataFrame:
     """Every arm on every victim through ``section.defend`` (cached), one row each, after each victim's own row
     (``baseline``); ``labels`` go on every row.  ``victims``: zoo victims, or ``(attack, rate)`` specs;
     ``arms``: a list, or a function of the victim giving its list; ``extra``: column -> key of the result's
-    ``extra`` to show (PAD's ``kept_poisoned``)."""
+    ``extra`` to show (PAD's ``kept_poisoned``).  With several defense ``seeds`` each arm runs once per seed and
+    its row holds the means, their standard deviations (``acc ±``, ``asr ±``, ``der ±``) and the count."""
     rows = []
     for victim in victims:
         victim = section.victim(*victim) if isinstance(victim, tuple) else victim
@@ -50,9 +51,13 @@ def sweep(section, victims, arms, *, baseline: bool = True, extra: dict | None =
             entry = arm(entry) if isinstance(entry, str) else entry
             columns = {k: v for k, v in entry.items() if k not in ("defense", "params", "name", "show")}
             params = entry.get("params", {})
-            result = section.defend(victim, entry["defense"], **params)
+            runs = [section.defend(victim, entry["defense"], **params, **({"seed": seed} if seeds else {})) for seed in seeds or [None]]
+            result = runs[0]
             row = {**result_row(victim, result, **labels, **columns), **{column: result.extra.get(key) for column, key in (extra or {}).items()},
                    **(params if entry.get("show", True) else {})}
+            if len(runs) > 1:
+                each = pd.DataFrame([result_row(victim, run) for run in runs])
+                row.update({**each[METRICS].mean().to_dict(), **{f"{m} ±": each[m].std(ddof=1) for m in ("acc", "asr", "der")}, "seeds": len(runs)})
             rows.append({**row, "defense": entry.get("name", row["defense"])})
     frame = pd.DataFrame(rows)
     if frame.empty:

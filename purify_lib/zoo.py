@@ -65,24 +65,51 @@ class Victim:
         return self.record["backdoored"]
 
     def triggered_test(self) -> ImageSet:
-        """The triggered test set, built on the first call and kept: a learned trigger (IAD, SSBA) costs seconds
-        per thousand images on a CPU, and every ``defend`` call on the victim evaluates on it."""
+        """The triggered test set: stored with the victim when its trigger is learned (IAD, SSBA: seconds per
+        thousand images on a CPU), else built on the first call; kept, since every ``defend`` call evaluates on it."""
         if self._triggered is None:
-            self._triggered = triggered_test_set(self.splits.test, self.attack)
+            stored = self._stored("triggered")
+            self._triggered = (ImageSet(stored["images"], stored["labels"]) if stored is not None
+                               else triggered_test_set(self.splits.test, self.attack))
         return self._triggered
 
     def poisoned_train(self) -> Poisoned:
-        """The poisoned training set and its poisoned indices, recomputed (poisoning is seeded).
+        """The poisoned training set and its poisoned indices, as stored with the victim when it was built.
 
-        For a training-controlled attack (WaNet) this is a static stand-in: the same share of
-        images warped once, which is what data-level defenses such as PAD need.
+        For a training-controlled attack (WaNet, IAD) this is a static stand-in: the same share of images
+        poisoned once after training, which is what data-level defenses such as PAD need.  A victim stored
+        before its poisons were (or whose poisons file is damaged) recomputes them (poisoning is seeded).
         """
         if self.attack is None:
             return Poisoned(self.splits.train, torch.empty(0, dtype=torch.long))
-        config = self.record["config"]
-        if self.attack.needs_clean_model and self.attack.clean_model is None:
-            _attach_clean_model(self.attack, self.profile, config["split_seed"], self.path.parent, precision=config["precision"])
-        return self.attack.poison(self.splits.train, self.poison_rate, seed=config["split_seed"])
+        stored = self._stored("poisons")
+        if stored is not None:
+            images, labels = self.splits.train.images.clone(), self.splits.train.labels.clone()
+            images[stored["indices"]], labels[stored["indices"]] = stored["images"], stored["labels"]
+            return Poisoned(ImageSet(images, labels, self.splits.train.indices), stored["indices"])
+        return _poisoned_set(self.attack, self.profile, self.splits, self.record["config"], self.path.parent, self.poison_rate)
+
+    def _stored(self, part: str) -> dict | None:
+        """A part stored beside the victim (``poisons``, ``triggered``), hash-checked; ``None`` if none is (or it is damaged)."""
+        sha = self.record.get(f"{part}_sha256")
+        if sha is None:
+            return None
+        try:
+            return load_tensors(_part_path(self.path, part), sha)
+        except OSError as exc:
+            warnings.warn(f"zoo entry {self.path.name}: its stored {part} are unusable ({exc}); computing them again", stacklevel=3)
+            return None
+
+
+def _poisoned_set(attack: Attack, profile: Profile, splits: Splits, config: dict, zoo: Path, rate: float) -> Poisoned:
+    """The victim's poisoned training set, computed (seeded): what is stored with it when it is built."""
+    if attack.needs_clean_model and attack.clean_model is None:
+        _attach_clean_model(attack, profile, config["split_seed"], zoo, precision=config["precision"])
+    return attack.poison(splits.train, rate, seed=config["split_seed"])
+
+
+def _part_path(weights: Path, part: str) -> Path:
+    return weights.with_name(f"{weights.stem}.{part}.pt")
 
 
 def victim_config(profile: Profile, attack: Attack | None, poison_rate: float, data_source: str, split_seed: int,
@@ -294,4 +321,14 @@ def _build(model, attack, poison_rate, splits, profile, config, device, progress
     state = attack.state_dict() if attack is not None else {}
     if state:  # written before the record, which is what makes the entry exist
         record["attack_sha256"] = save_tensors(state, _attack_state_path(weights))
+    if attack is not None:
+        # What the victim needs later, materialised once: its poisoned training set (for a training-controlled
+        # attack, poisoned once with the trigger as trained), and the triggered test set of a learned trigger.
+        stand_in = poisoned if not attack.training_controlled else attack.poison(splits.train, poison_rate, seed=config["split_seed"])
+        index = stand_in.poisoned
+        record["poisons_sha256"] = save_tensors({"indices": index, "images": stand_in.data.images[index], "labels": stand_in.data.labels[index]},
+                                                _part_path(weights, "poisons"))
+        if isinstance(getattr(attack, "nets", None), torch.nn.Module):
+            triggered = triggered_test_set(splits.test, attack)
+            record["triggered_sha256"] = save_tensors({"images": triggered.images, "labels": triggered.labels}, _part_path(weights, "triggered"))
     return save_checkpoint(model, weights, record_path, record)

@@ -1,14 +1,11 @@
-"""The defense cache, the analysis measurements, the published-number lookup and the run record."""
+"""The analysis measurements, the published-number lookup, the run record, claims and the plan's pricing."""
 import json
-import warnings
 
 import numpy as np
 import pytest
 import torch
 
 from purify_lib import analysis
-from purify_lib.defend import defend
-from purify_lib.defenses import parameters_of
 from purify_lib.models import make_model
 from purify_lib.train import Recipe
 from purify_lib.zoo import get_victim
@@ -23,37 +20,6 @@ def victim(isolated_cache):
 
 def same_weights(a, b):
     return all(torch.equal(x.cpu(), y.cpu()) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
-
-
-@pytest.mark.parametrize("name, params", [("ft", dict(epochs=1)), ("mmbd", dict(epochs=1))])  # mmbd: a model with clipping layers
-def test_second_defense_call_is_a_cache_hit(victim, isolated_cache, name, params):
-    first = defend(victim, name, **params)
-    second = defend(victim, name, **params)
-    assert not first.cache_hit and second.cache_hit
-    assert same_weights(first.model, second.model)
-    assert second.history == json.loads(json.dumps(first.history)) and second.params == first.params
-    x = victim.splits.test.images[:20].float() / 255
-    assert torch.equal(first.model(x).argmax(1), second.model(x).argmax(1))
-    other = defend(victim, name, lr=0.05, **params) if name == "ft" else defend(victim, name, c=0.3, **params)
-    assert not other.cache_hit  # any changed setting is a different entry
-    default = {"ft": "lr", "mmbd": "c"}[name]
-    assert defend(victim, name, **{default: parameters_of(name)[default]}, **params).cache_hit  # a default given is the same run
-
-
-def test_tampered_cached_defense_is_run_again(victim, isolated_cache):
-    first = defend(victim, "lp", epochs=1)
-    checkpoint = next((isolated_cache / "defended").glob("*--lp-*.pt"))
-    checkpoint.write_bytes(checkpoint.read_bytes()[:-10])
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        again = defend(victim, "lp", epochs=1)
-    assert not again.cache_hit and any("unusable" in str(w.message) for w in caught)
-    assert same_weights(first.model, again.model)  # seeded: the rerun reproduces the result
-
-
-def test_cache_off_runs_every_time(victim, isolated_cache):
-    assert not defend(victim, "lp", epochs=1, cache=False).cache_hit
-    assert not (isolated_cache / "defended").exists()
 
 
 def test_interpolation_ends_and_weight_change():
@@ -196,26 +162,6 @@ def test_every_deviation_switch_is_a_real_parameter():
         else:
             assert name in DEFENSES, name
             assert set(keywords) <= set(parameters_of(name)), (name, keywords, parameters_of(name))
-
-
-def test_without_poisons_takes_the_known_poisons_out_for_the_pad_family_only(victim, isolated_cache, monkeypatch):
-    import purify_lib.defend as defend_module
-    from purify_lib.errors import PurifyError
-
-    seen = []
-    monkeypatch.setattr(defend_module, "purify", lambda name, model, data, evaluator, **settings: seen.append((data, settings)))
-    poisoned = victim.poisoned_train()
-    assert len(poisoned.poisoned) > 0
-    defend(victim, "pad", cache=False)
-    defend(victim, "pad", cache=False, without_poisons=True)
-    (full, full_settings), (oracle, oracle_settings) = seen
-    assert len(full) == len(poisoned.data) and torch.equal(full_settings["poisoned"], poisoned.poisoned)
-    assert len(oracle) == len(poisoned.data) - len(poisoned.poisoned) and len(oracle_settings["poisoned"]) == 0
-    clean = torch.ones(len(poisoned.data), dtype=torch.bool)
-    clean[poisoned.poisoned] = False
-    assert torch.equal(oracle.images, poisoned.data.images[clean]) and torch.equal(oracle.labels, poisoned.data.labels[clean])
-    with pytest.raises(PurifyError, match="without_poisons is for the defenses that use the poisoned training set"):
-        defend(victim, "ft", epochs=1, without_poisons=True)
 
 
 def test_plan_prices_a_diagnosis_that_has_not_run(tmp_path, monkeypatch):

@@ -97,8 +97,8 @@ def test_a_missing_output_or_stamp_means_rerun(smoke_env):
     name = NAMES[0]
     build = smoke_env / "build"
     stamp = build / "smoke" / f"{name}.done.json"
-    if not stamp.exists():
-        pytest.skip("the papermill test of this notebook did not run")
+    if not stamp.exists():  # run on its own: execute the notebook first (after the papermill test it is there)
+        assert execution.execute(name, "smoke")["status"] == "ran"
     digest = execution.input_digest(name, {"profile": "smoke"})
     assert execution.up_to_date(stamp, digest, name, "smoke")
     assert not execution.up_to_date(stamp, execution.input_digest(name, {"profile": "smoke", "seed": 1}), name, "smoke")
@@ -114,9 +114,9 @@ def test_a_missing_output_or_stamp_means_rerun(smoke_env):
 
 def test_plan_lists_recorded_needs_against_the_zoo_and_runs_nothing(smoke_env, monkeypatch):
     name = "02_feature_shift"
+    if execution.needs_record(name, "smoke") is None:  # run on its own: execute the notebook first
+        assert execution.execute(name, "smoke")["status"] == "ran"
     record = execution.needs_record(name, "smoke")
-    if record is None:
-        pytest.skip("the papermill test of this notebook did not run")
     kinds = {item["kind"] for item in record["items"]}
     assert kinds == {"victim", "defense"}, "the record must name the notebook's victims and defense runs"
     for item in (item for item in record["items"] if item["kind"] == "victim"):  # a spec a cluster run trains it from first

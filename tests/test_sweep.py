@@ -44,3 +44,17 @@ def test_tables_without_groupby_in_the_notebooks():
     assert per(frame, "defense", "asr", "min") == {"ft": 10.0, "lp": 20.0, "none": 90.0}
     averaged = with_averages(frame, "average")
     assert averaged.iloc[-2:]["attack"].tolist() == ["average", "average"] and averaged.iloc[-1]["asr"] == 20.0
+
+
+def test_several_seeds_give_each_cell_its_mean_and_spread():
+    class Seeded(StandIn):
+        def defend(self, victim, name, **params):
+            result = super().defend(victim, name, **params)
+            result.history[-1]["asr"] = 10.0 + params["seed"]  # seeds 0, 1, 2: ASR 10, 11, 12
+            return result
+
+    section = Seeded()
+    frame = sweep(section, [("badnets", 0.1)], ["ft"], seeds=[0, 1, 2])
+    row = frame.iloc[1]
+    assert [params["seed"] for *_, params in section.calls] == [0, 1, 2]
+    assert row["asr"] == 11.0 and row["asr ±"] == 1.0 and row["acc ±"] == 0.0 and row["seeds"] == 3

@@ -12,6 +12,11 @@ from purify_lib.zoo import get_victim
 TINY = dict(profile="smoke", width=4, train_size=300, test_size=100, progress=False)
 
 
+def weight_files(folder, pattern="*"):
+    """A zoo's model weights, not the parts stored beside them (``.poisons.pt``, ``.triggered.pt``, ``.attack.pt``)."""
+    return (p for p in folder.glob(f"{pattern}.pt") if not p.name.endswith((".poisons.pt", ".triggered.pt", ".attack.pt")))
+
+
 def tiny_recipe():
     from purify_lib.train import Recipe
 
@@ -41,7 +46,7 @@ def test_different_config_is_a_different_entry(isolated_cache):
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
 def test_corrupted_checkpoint_is_reported_and_rebuilt(isolated_cache, damage):
     get_victim("blended", 0.1, recipe=tiny_recipe(), **TINY)
-    weights = next(isolated_cache.glob("blended-*.pt"))
+    weights = next(weight_files(isolated_cache, "blended-*"))
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2] if damage == "truncate" else data[:-10] + bytes(10))
     with pytest.warns(UserWarning, match="unusable.*rebuilding"):
@@ -103,7 +108,7 @@ def test_concurrent_requests_train_once(isolated_cache):
         worker.join(timeout=300)
     hits = sorted(queue.get(timeout=5) for _ in workers)
     assert hits == [False, True]
-    assert len(list(isolated_cache.glob("*.pt"))) == 1
+    assert len(list(weight_files(isolated_cache))) == 1
 
 
 def test_poisoned_train_matches_the_record_and_lc_trains_its_clean_model_once(isolated_cache):
@@ -118,39 +123,15 @@ def test_poisoned_train_matches_the_record_and_lc_trains_its_clean_model_once(is
     assert json.loads(adversarial[0].read_text())["config"]["adversarial_eps"] == round(8 / 255, 6)
     again = get_victim("lc", 0.05, recipe=tiny_recipe(), attack_params={"steps": 1}, **TINY)
     assert again.cache_hit and again.attack.clean_model is None
-    recomputed = again.poisoned_train()  # fetches the clean model from the zoo, trains nothing
-    assert recomputed.poisoned.tolist() == lc.record["poisoned_indices"]
-    assert len(list(isolated_cache.glob("*.json"))) == 3
-
-
-def test_defend_uses_the_papers_defense_data(isolated_cache):
-    from purify_lib.defend import defend
-
-    victim = get_victim("badnets", 0.1, recipe=tiny_recipe(), **TINY)
-    # the papers' protocol: the victim trains on every image it was given, and a defense's clean data is a
-    # class-balanced share of their clean originals (poisoned ones included, with their true labels)
-    assert victim.record["config"]["reserve_fraction"] == 0 and len(victim.splits.reserve) == 0
-    drawn = victim.splits.defense_data(0.2)
-    assert len(drawn) == 60 and (drawn.labels.bincount() == 6).all()
-    assert set(drawn.indices.tolist()) <= set(victim.splits.train.indices.tolist())
-    originals = victim.splits.train.images[torch.searchsorted(victim.splits.train.indices, drawn.indices)]
-    assert torch.equal(drawn.images, originals)  # clean originals, not the poisoned training images
-    fst = defend(victim, "fst", epochs=1)
-    assert fst.params["epochs"] == 1 and len(fst.history) == 2
-    one_shot = defend(victim, "nft", per_class=1, steps=2, evaluate=False)
-    assert all("asr" not in row for row in one_shot.history) and one_shot.params["steps"] == 2
-    pad = defend(victim, "pad", n_c=5, clip_epochs=1, evaluate=False)
-    assert pad.extra["kept"] == 50 and 0 <= pad.extra["kept_poisoned"] <= 50
-    with pytest.raises(PurifyError, match="defense data fraction 2 means 600 images; the train set holds 300"):
-        defend(victim, "ft", data_fraction=2)
-    # the held-out protocol: a reserve the victim never sees, fractions of the full training set
-    held_out = get_victim("badnets", 0.1, recipe=tiny_recipe(), defense_data="reserve", reserve_fraction=0.05, **TINY)
-    assert held_out.record["key"] != victim.record["key"] and len(held_out.splits.reserve) == 2500
-    assert set(held_out.splits.defense_data(0.02).indices.tolist()) <= set(held_out.splits.reserve.indices.tolist())
-    with pytest.raises(PurifyError, match="defense data fraction 0.5 means 25000 images; the reserve set holds 2500"):
-        defend(held_out, "ft", data_fraction=0.5)
-    with pytest.raises(PurifyError, match="unknown defense_data 'test'"):
-        get_victim("badnets", 0.1, defense_data="test", **TINY)
+    stored = again.poisoned_train()  # the poisons stored when it was built: no clean model fetched, no PGD run again
+    assert again.attack.clean_model is None and stored.poisoned.tolist() == lc.record["poisoned_indices"]
+    assert torch.equal(stored.data.images, lc.poisoned_train().data.images) and len(list(isolated_cache.glob("*.json"))) == 3
+    # a victim stored before its poisons were (or with a damaged poisons file) computes them, as it did
+    poisons = next(isolated_cache.glob("lc-*.poisons.pt"))
+    poisons.write_bytes(poisons.read_bytes()[:-10] + bytes(10))
+    with pytest.warns(UserWarning, match="stored poisons are unusable"):
+        recomputed = again.poisoned_train()  # fetches the clean model from the zoo, trains nothing
+    assert torch.equal(recomputed.data.images, stored.data.images) and len(list(isolated_cache.glob("*.json"))) == 3
 
 
 def test_each_precision_is_its_own_victim_and_defense_entry(isolated_cache, monkeypatch):
@@ -173,16 +154,6 @@ def test_each_precision_is_its_own_victim_and_defense_entry(isolated_cache, monk
     assert not defend(fp32, "lp", epochs=1, evaluate=False).cache_hit
 
 
-def test_defense_cache_digest_covers_each_defense_s_own_code():
-    from purify_lib.defend import code_digest, code_files
-
-    names = lambda defense: {path.name for path in code_files(defense)}
-    assert {"defend.py", "train.py", "models.py", "base.py", "finetune.py"} <= names("fst")
-    assert "nft.py" not in names("fst") and "fp.py" not in names("fst")  # adding FP left FST's entries valid
-    assert {"rnp.py", "nft.py", "base.py"} <= names("rnp")  # RNP borrows NFT's channel mask, so NFT's edits redo RNP
-    assert code_digest("ft") == code_digest("fst") and code_digest("ft") != code_digest("nft")
-
-
 def test_learned_attack_state_is_stored_beside_the_victim_and_checked(isolated_cache):
     first = get_victim("iad", 0.1, recipe=tiny_recipe(), **TINY)
     state = next(isolated_cache.glob("iad-*.attack.pt"))
@@ -190,6 +161,10 @@ def test_learned_attack_state_is_stored_beside_the_victim_and_checked(isolated_c
     probe = first.splits.test.images[:4]
     again = get_victim("iad", 0.1, recipe=tiny_recipe(), **TINY)
     assert again.cache_hit and torch.equal(again.attack.apply(probe), first.attack.apply(probe))
+    # the learned trigger's test set is stored with the victim, and is what the loaded trigger makes
+    from purify_lib.metrics import triggered_test_set
+
+    assert "triggered_sha256" in again.record and torch.equal(again.triggered_test().images, triggered_test_set(again.splits.test, again.attack).images)
     state.write_bytes(state.read_bytes()[:-10] + bytes(10))
     with pytest.warns(UserWarning, match="unusable.*rebuilding"):
         assert not get_victim("iad", 0.1, recipe=tiny_recipe(), **TINY).cache_hit
@@ -266,17 +241,3 @@ def test_records_name_the_gpu_cuda_cudnn_and_driver_when_there_is_one(monkeypatc
     facts = provenance.machine()
     assert {k: facts[k] for k in ("gpu", "gpu_capability", "cuda", "cudnn", "driver")} == {
         "gpu": "NVIDIA H200", "gpu_capability": "9.0", "cuda": "12.8", "cudnn": 91000, "driver": "570.86"}
-
-
-def test_whether_a_call_evaluates_is_not_part_of_the_defense_cache_key(isolated_cache):
-    """run_defenses.py (no curves) and the notebooks (curves) share entries: a curve-less entry serves calls that
-    want none and is recomputed once for one that does; that one then serves both."""
-    from purify_lib.defend import defend
-
-    victim = get_victim("badnets", 0.1, recipe=tiny_recipe(), **TINY)
-    bare = defend(victim, "lp", epochs=1, evaluate=False)
-    assert not bare.cache_hit and defend(victim, "lp", epochs=1, evaluate=False).cache_hit
-    curves = defend(victim, "lp", epochs=1)
-    assert not curves.cache_hit and curves.cache_entry == bare.cache_entry and "acc" in curves.history[-1]
-    assert defend(victim, "lp", epochs=1).cache_hit and defend(victim, "lp", epochs=1, evaluate=False).cache_hit
-    assert len(list((isolated_cache / "defended").glob("*.json"))) == 1
