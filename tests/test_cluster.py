@@ -44,21 +44,24 @@ def test_grid_expansion_and_labels():
         execution.expand_grid(["seed=3"])
 
 
-def test_local_executor_runs_two_notebooks_over_one_shared_zoo(tmp_path):
-    result = run_all(tmp_path, "--executor", "local", "--cpus", "1", "--only", *PAIR)
+def test_local_executor_runs_two_notebooks_over_one_shared_zoo(tmp_path, shared_zoo):
+    """Two jobs need one victim: it is trained once, in any order of this module's tests (they share the zoo)."""
+    cold = not shared_zoo.exists() or not any(shared_zoo.glob("*.json"))
+    result = run_all(tmp_path, "--executor", "local", "--cpus", "1", "--only", *PAIR, zoo=shared_zoo)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "submitted 2 job(s) to local" in result.stdout
     for name in ("02_feature_shift", "05_data_purification"):
         assert (tmp_path / "build" / "smoke" / f"{name}.done.json").exists()
         assert json.loads((tmp_path / "build" / "claims" / f"{name}.smoke.json").read_text())["claims"]
-    trained = (tmp_path / "zoo" / "trained.log").read_text().splitlines()
-    assert len(trained) == 1 and "blended-0.1-" in trained[0], trained  # both jobs used it; one trained it
+    trained = (shared_zoo / "trained.log").read_text().splitlines()
+    assert sum("blended-0.1-" in line for line in trained) == 1, trained  # both jobs used it; one trained it, here or earlier
     assert len(list((tmp_path / "build" / "submitit" / "smoke").glob("*/*_log.out"))) >= 2  # a log per job
     assert "plan, in minutes: 02_feature_shift ?, 05_data_purification ?" in result.stdout  # no needs recorded yet
     first = json.loads((tmp_path / "build" / "figures" / "smoke" / "run_summary.json").read_text())
-    assert first["cold"] and first["failed"] == [] and first["computed"]["victims"] == 1 and first["computed"]["defense runs"] > 0
+    assert first["cold"] == cold and first["failed"] == [] and first["computed"]["victims"] == (1 if cold else 0)
+    assert first["computed"]["defense runs"] > 0 or not cold
     assert [n["notebook"] for n in first["notebooks"]] == ["02_feature_shift", "05_data_purification"] and first["machine"]["threads"]
-    again = run_all(tmp_path, "--executor", "local", "--only", *PAIR)
+    again = run_all(tmp_path, "--executor", "local", "--only", *PAIR, zoo=shared_zoo)
     assert again.returncode == 0 and "submitted" not in again.stdout  # nothing left to do: nothing submitted
     assert again.stdout.count("unchanged") >= 2
     assert "plan, in minutes: 02_feature_shift 0.0, 05_data_purification 0.0" in again.stdout
