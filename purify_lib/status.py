@@ -58,7 +58,9 @@ def status(notebooks: list[str], profile: str, zoo: Path) -> str:
         claims += [{"notebook": name, "verdict": r["verdict"], "claim": r["claim"], "measured": r["measured"], "diagnosis": r["diagnosis"]} for r in rows]
         for item in (i for i in items if i["kind"] == "victim"):
             record = _json(zoo / f"{item['entry']}.json")
-            if record and item["entry"] not in victims:
+            if record is None and item["entry"] not in victims:  # listed, not dropped: the zoo that trained it is elsewhere
+                victims[item["entry"]] = {"victim": item["victim"], "learned": "its zoo record is not in this zoo", "entry": item["entry"]}
+            elif record and item["entry"] not in victims:
                 m = record["metrics"]
                 victims[item["entry"]] = {"victim": item["victim"], "ACC": m["acc"], "ASR": m["asr"], "learned": "yes" if record["backdoored"] else "no",
                                           "train minutes": round(record["train_seconds"] / 60, 1), "trained on": record["versions"].get("gpu") or record["versions"]["cpu"],
