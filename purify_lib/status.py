@@ -42,7 +42,7 @@ def status(notebooks: list[str], profile: str, zoo: Path) -> str:
 
     facts = machine()
     lines = [f"# What reproduces under profile `{profile}`", "",
-             f"Written by `run_all.py` at commit `{git_commit()}` on {facts['cpu']} ({facts['threads']} threads) from the "
+             f"Written by `purify_lib.status` (which `run_all.py` calls after every run) at commit `{git_commit()}` on {facts['cpu']} ({facts['threads']} threads) from the "
              "notebooks' own records: do not edit by hand. Each claim's full text and diagnosis are also in "
              "`claims_<notebook>.md` beside this file.", ""]
     summary, claims, victims = [], [], {}
