@@ -2,6 +2,7 @@
 resuming after a kill, and the same metrics from the same seed."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -61,6 +62,9 @@ def test_local_executor_runs_two_notebooks_over_one_shared_zoo(tmp_path, shared_
     assert first["cold"] == cold and first["failed"] == [] and first["computed"]["victims"] == (1 if cold else 0)
     assert first["computed"]["defense runs"] > 0 or not cold
     assert sorted(n["notebook"] for n in first["notebooks"]) == ["02_feature_shift", "05_data_purification"] and first["machine"]["threads"]
+    status = (tmp_path / "build" / "figures" / "smoke" / "STATUS.md").read_text()  # what reproduces, from the records just written
+    assert re.search(r"\| 02_feature_shift \| \d/3 \|", status) and re.search(r"\| 05_data_purification \| \d/3 \|", status)
+    assert "| blended:0.1 | " in status  # its victim, from the zoo record
     again = run_all(tmp_path, "--executor", "local", "--only", *PAIR, zoo=shared_zoo)
     assert again.returncode == 0 and "submitted" not in again.stdout  # nothing left to do: nothing submitted
     assert again.stdout.count("unchanged") >= 2
