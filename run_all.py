@@ -97,14 +97,7 @@ def write_run_summary(results: list[dict], profile: str, wall: float, cold: bool
     from purify_lib.paths import figures_dir
     from purify_lib.provenance import git_commit, machine
 
-    computed = {"victims": 0, "defense runs": 0}
-    for result in (r for r in results if r["status"] == "ran"):
-        name, _, point = result["notebook"].partition("@")
-        with execution._build_for(Path(result["build"]) if point else None):
-            record = execution.needs_record(name, profile) or {"items": []}
-        items = [i for i in record["items"] if i["kind"] != "diagnosis" and not i["cached"]]
-        computed["victims"] += sum(i["kind"] == "victim" for i in items)
-        computed["defense runs"] += sum(i["kind"] == "defense" for i in items)
+    computed = {part: sum(r.get("computed", {}).get(part, 0) for r in results) for part in ("victims", "defense runs")}
     facts = machine()
     summary = {"commit": git_commit(), "profile": profile, "machine": {k: facts.get(k) for k in ("cpu", "threads", "gpu", "platform")},
                "wall_seconds": round(wall, 1), "cold": cold,

@@ -2,7 +2,7 @@
 what was measured, and, where it differs, a diagnosis measured for the purpose.
 
 A diagnosis is declared with its claim (``Diagnosis``): the defense runs it makes and a function that turns
-their results into one sentence.  ``Run.claim`` runs it only when the claim differs, and records its runs in
+their results into one sentence.  ``Section.claim`` runs it only when the claim differs, and records its runs in
 the notebook's needs record either way, so ``run_all.py --plan`` prices it before anything runs.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ def verdict(row: dict) -> str:
 @dataclass
 class Diagnosis:
     """What to measure when a claim differs: ``runs``, each ``(victim, defense, params)``, go through
-    ``Run.defend`` (cached); ``explain`` gets their results in order (and nothing when there are none) and
+    ``Section.defend`` (cached); ``explain`` gets their results in order (and nothing when there are none) and
     returns the sentence."""
 
     explain: Callable[..., str]

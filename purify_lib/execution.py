@@ -207,7 +207,8 @@ def execute(name: str, profile: str, parameters: dict | None = None, point: dict
                     "error": f"{type(error).__name__}: {error}"}
         seconds = time.perf_counter() - started
         claims = json.loads(claims_file.read_text())["claims"] if claims_file.exists() else []
-        result["breakdown"] = breakdown(needs_record(name, profile), seconds)
+        record = needs_record(name, profile)
+        result["breakdown"], result["computed"] = breakdown(record, seconds), computed(record)
         with atomic_path(stamp) as tmp:
             tmp.write_text(json.dumps({"inputs": digest, "parameters": all_parameters, "seconds": round(seconds, 1),
                                        "outputs": outputs_of(name, profile), "claims": claims}, indent=1))
@@ -215,7 +216,7 @@ def execute(name: str, profile: str, parameters: dict | None = None, point: dict
 
 
 def needs_record(name: str, profile: str) -> dict | None:
-    """What ``name``'s last finished run under ``profile`` asked of the zoo (``Run.finish`` writes it beside the figures)."""
+    """What ``name``'s last finished run under ``profile`` asked of the zoo (``Section.finish`` writes it beside the figures)."""
     from .paths import figures_dir
 
     path = figures_dir(profile) / f"needs_{name}.json"
@@ -259,6 +260,12 @@ def diagnosis_cost(item: dict, items: list[dict], defended: Path) -> float | Non
                 ratio *= item["params"][name] / used[name]
         return reference["cost"] * ratio
     return None
+
+
+def computed(record: dict | None) -> dict:
+    """How many victims a run trained and defense runs it computed (the ones the cache lacked)."""
+    items = [i for i in record["items"] if i["kind"] != "diagnosis" and not i["cached"]] if record else []
+    return {"victims": sum(i["kind"] == "victim" for i in items), "defense runs": sum(i["kind"] == "defense" for i in items)}
 
 
 def _item_label(item: dict) -> str:

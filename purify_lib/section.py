@@ -21,7 +21,7 @@ import pandas as pd
 from . import plots
 from .defend import code_digest, defend
 from .files import atomic_path, locked
-from .metrics import der, pick_device
+from .metrics import pick_device
 from .profiles import get_profile
 from .claims import Claims, Diagnosis, verdict
 from .paths import figures_dir
@@ -100,9 +100,10 @@ class Section:
     def spread(self, victim, name: str, seeds=(0, 1, 2), **params) -> dict:
         """The standard deviation of ACC, ASR and DER after defense ``name`` (with ``params``) on ``victim`` over
         defense ``seeds``: the noise a claim's margins are weighed against."""
-        finals = [self.defend(victim, name, **params, seed=seed).history[-1] for seed in seeds]
-        finals = [{**f, "der": der(victim.metrics, f)} for f in finals]
-        return {m: float(pd.Series([f[m] for f in finals], dtype=float).std(ddof=1)) if len(finals) > 1 else 0.0 for m in ("acc", "asr", "der")}
+        from .sweep import arm, sweep
+
+        row = sweep(self, [victim], [arm(name, **params)], baseline=False, seeds=list(seeds)).iloc[0]
+        return {m: float(row[f"{m} ±"]) if len(seeds) > 1 else 0.0 for m in ("acc", "asr", "der")}
 
     def settings(self, defaults: dict, **given) -> dict:
         """Each parameter as given, or, when left empty (``[]``, ``""``, ``0``, ``None``), this section's default for the profile."""

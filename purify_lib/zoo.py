@@ -304,7 +304,9 @@ def _build(model, attack, poison_rate, splits, profile, config, device, progress
     broken = [name for name, tensor in model.state_dict().items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
     if broken:  # stored, it would be served as a victim with 10% ACC and NaN losses
         raise PurifyError(f"training diverged: {len(broken)} tensors of the model are not finite (first {broken[0]}); nothing was stored")
-    metrics = evaluate(model, splits.test, attack, precision=config["precision"])
+    # built once: the victim's metrics use it, and a learned trigger's is stored with the victim below
+    triggered = triggered_test_set(splits.test, attack) if attack is not None else None
+    metrics = evaluate(model, splits.test, attack, precision=config["precision"], triggered=triggered)
     record = {
         "config": config,
         "key": config_key(config),
@@ -324,11 +326,10 @@ def _build(model, attack, poison_rate, splits, profile, config, device, progress
     if attack is not None:
         # What the victim needs later, materialised once: its poisoned training set (for a training-controlled
         # attack, poisoned once with the trigger as trained), and the triggered test set of a learned trigger.
-        stand_in = poisoned if not attack.training_controlled else attack.poison(splits.train, poison_rate, seed=config["split_seed"])
+        stand_in = poisoned if not attack.training_controlled else _poisoned_set(attack, profile, splits, config, weights.parent, poison_rate)
         index = stand_in.poisoned
         record["poisons_sha256"] = save_tensors({"indices": index, "images": stand_in.data.images[index], "labels": stand_in.data.labels[index]},
                                                 _part_path(weights, "poisons"))
         if isinstance(getattr(attack, "nets", None), torch.nn.Module):
-            triggered = triggered_test_set(splits.test, attack)
             record["triggered_sha256"] = save_tensors({"images": triggered.images, "labels": triggered.labels}, _part_path(weights, "triggered"))
     return save_checkpoint(model, weights, record_path, record)
