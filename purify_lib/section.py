@@ -42,6 +42,7 @@ class Section:
         self.needs: list[dict] = []  # every victim and defense asked for, with its cost (see ``finish``)
         self.started = time.perf_counter()
         self.claims = Claims(notebook, self.profile.name)
+        self.left_to_paper: dict = {}  # what this profile leaves out of the paper profile's defaults (``settings``)
         plots.style()
         print(f"{notebook}: profile {self.profile.name} (width {self.profile.width}, {self.profile.train_size or 'all'} training images, "
               f"{self.profile.recipe.epochs} epochs), device {self.device}, outputs in {self.figures}")
@@ -110,6 +111,11 @@ class Section:
         chosen = {name: value if value not in (None, "", 0, [], ()) else defaults[self.profile.name][name] for name, value in given.items()}
         self.parameters.update(chosen)
         self.requested.update(given)
+        defaulted = [name for name, value in given.items() if value in (None, "", 0, [], ())]
+        self.left_to_paper = left_to_paper(defaults, self.profile.name, defaulted)
+        if self.left_to_paper:
+            print(f"left to profile paper (its defaults that profile {self.profile.name} does not run): "
+                  + "; ".join(f"{name}: {', '.join(map(str, values))}" for name, values in self.left_to_paper.items()))
         return chosen
 
     def record(self) -> dict:
@@ -156,6 +162,25 @@ class Section:
         path = self.figures / f"needs_{self.notebook}.json"
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps({"notebook": self.notebook, "profile": self.profile.name, "requested": self.requested,
+                                       "left_to_paper": self.left_to_paper,
                                        "defense_code": self._defense_code(), "seconds": round(time.perf_counter() - self.started, 1),
                                        "items": self.needs}, indent=1, default=str) + "\n")
         self._manifest([path])
+
+
+def left_to_paper(defaults: dict, profile: str, names: list[str]) -> dict:
+    """For each parameter in ``names`` (those left to the profile's default), what the ``paper`` profile's default
+    runs and ``profile``'s does not: the list items it lacks, or the paper's value where a single value differs."""
+    if profile == "paper" or "paper" not in defaults:
+        return {}
+    left = {}
+    for name in names:
+        paper, here = defaults["paper"][name], defaults[profile][name]
+        if isinstance(paper, (list, tuple)):
+            missing = [item for item in paper if item not in list(here)]
+            if missing:
+                left[name] = missing
+        elif paper != here:
+            left[name] = [f"{paper} (here {here})"]
+    return left
+

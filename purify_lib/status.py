@@ -45,7 +45,7 @@ def status(notebooks: list[str], profile: str, zoo: Path) -> str:
              f"Written by `purify_lib.status` (which `run_all.py` calls after every run) at commit `{git_commit()}` on {facts['cpu']} ({facts['threads']} threads) from the "
              "notebooks' own records: do not edit by hand. Each claim's full text and diagnosis are also in "
              "`claims_<notebook>.md` beside this file.", ""]
-    summary, claims, victims = [], [], {}
+    summary, claims, victims, left, used = [], [], {}, [], set()
     for name in notebooks:
         rows = _claims(name, profile)
         needs = _json(figures_dir(profile) / f"needs_{name}.json") or {"items": [], "seconds": None}
@@ -55,6 +55,9 @@ def status(notebooks: list[str], profile: str, zoo: Path) -> str:
                         "victims": len({i["entry"] for i in items if i["kind"] == "victim"}),
                         "defense runs": len({i["entry"] for i in items if i["kind"] == "defense"}),
                         "computed here": sum(not i["cached"] for i in items)})
+        left += [{"notebook": name, "parameter": parameter, "run by paper only": ", ".join(map(str, values))}
+                 for parameter, values in (needs.get("left_to_paper") or {}).items()]
+        used |= {i["defense"] for i in items if i["kind"] == "defense"}
         claims += [{"notebook": name, "verdict": r["verdict"], "claim": r["claim"], "measured": r["measured"], "diagnosis": r["diagnosis"]} for r in rows]
         for item in (i for i in items if i["kind"] == "victim"):
             record = _json(zoo / f"{item['entry']}.json")
@@ -67,6 +70,16 @@ def status(notebooks: list[str], profile: str, zoo: Path) -> str:
                                           "threads": record["versions"]["threads"], "entry": item["entry"]}
     lines += ["## Notebooks", "", markdown(pd.DataFrame(summary)), "## Claims", "", markdown(pd.DataFrame(claims, columns=["notebook", "verdict", "claim", "measured", "diagnosis"])),
               "## Victims", "", markdown(pd.DataFrame(list(victims.values()), columns=["victim", "ACC", "ASR", "learned", "train minutes", "trained on", "threads", "entry"]))]
+    if profile != "paper":
+        from .defenses import DEFENSES
+
+        cut = [{"defense": d, "settings": ", ".join(f"{k}={v}" for k, v in DEFENSES[d].budgets[profile][0].items()), "why": DEFENSES[d].budgets[profile][1]}
+               for d in sorted(used) if d in DEFENSES and DEFENSES[d].budgets.get(profile, ({}, ""))[0]]
+        lines += ["## Left to profile `paper`", "", f"What the `paper` profile's defaults run and `{profile}`'s do not, as each notebook's "
+                  "last run recorded it (each executed notebook prints the same after its parameters):", "",
+                  markdown(pd.DataFrame(left, columns=["notebook", "parameter", "run by paper only"])),
+                  f"Defense budgets `{profile}` cuts (`paper` runs each paper's own):", "",
+                  markdown(pd.DataFrame(cut, columns=["defense", "settings", "why"]))]
     return "\n".join(lines)
 
 
