@@ -3,6 +3,8 @@
     python run_all.py                                   # every notebook; cpu profile here, paper with a GPU
     python run_all.py --profile smoke --only 01 03      # a subset, by number or name
     python run_all.py -p seed=1                         # a parameter for every notebook (JSON values)
+    python run_all.py --print-parameters > params.yaml  # the notebooks' defaults under the profile, as a file to edit
+    python run_all.py -f params.yaml                    # parameters from a YAML or JSON file (checked as -p values are)
     python run_all.py --plan                            # what a run would train and run, and the minutes left; runs nothing
     python run_all.py --executor slurm --gpus 1 --partition gpu --grid seed=[0,1,2]   # a job array on Slurm
 
@@ -211,6 +213,10 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", default=None, help=f"one of {', '.join(PROFILES)} (default: {default_profile_name()})")
     parser.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="run only these notebooks (name or number)")
     parser.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE", help="a parameter for every notebook")
+    parser.add_argument("-f", "--parameters-file", metavar="FILE", help="a YAML or JSON file of parameters (shared names, and a "
+                        "section per notebook), checked as -p values are; -p wins over it")
+    parser.add_argument("--print-parameters", action="store_true", help="print the notebooks' defaults under the profile as "
+                        "such a file, and run nothing")
     parser.add_argument("--grid", action="append", default=[], metavar="NAME=[V1,V2]", help="run every notebook at each point of this grid")
     parser.add_argument("--force", action="store_true", help="run even the notebooks whose inputs have not changed")
     parser.add_argument("--plan", action="store_true", help="run nothing: list each notebook's victims and defense runs, "
@@ -231,7 +237,12 @@ def main(argv=None) -> int:
     check_cluster(args)
     profile = get_profile(args.profile).name
     names = execution.select(args.only)
-    parameters = execution.parse_parameters(args.parameter)
+    if args.print_parameters:
+        print(execution.parameters_file_text(names, profile), end="")
+        return 0
+    given = execution.parse_parameters(args.parameter)
+    from_file = execution.read_parameters_file(args.parameters_file) if args.parameters_file else {}
+    parameters = execution.merge_parameters(from_file, given)
     points = execution.expand_grid(args.grid)
     # before anything runs: a bad name or value fails here, not in a notebook's fifth cell
     execution.check_parameters(names, [{**parameters, **point} for point in points])

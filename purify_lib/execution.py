@@ -57,6 +57,88 @@ def parse_parameters(pairs: list[str]) -> dict:
     return parameters
 
 
+def read_parameters_file(path: str) -> dict:
+    """A YAML or JSON file of parameters (papermill's ``-f``): a top-level ``name: value`` goes to every notebook
+    that declares ``name``, as ``-p`` does; a top-level key that is a notebook's name holds that notebook's own
+    pairs, which win over the shared ones.  Checked later by ``check_parameters``, exactly as ``-p`` values are."""
+    import yaml
+
+    from .errors import PurifyError
+
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise PurifyError(f"parameters file {path!r} cannot be read ({error.strerror or error})") from None
+    try:
+        values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else f" at line {error.lineno}" if isinstance(error, json.JSONDecodeError) else ""
+        raise PurifyError(f"parameters file {path!r} is not valid {'JSON' if path.endswith('.json') else 'YAML'}{line}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise PurifyError(f"parameters file {path!r} holds a {type(values).__name__}; expected a mapping of name: value "
+                          "(or of notebook: {name: value})")
+    notebooks = notebook_names()
+    for key, value in values.items():
+        if key in notebooks and not isinstance(value, dict):
+            raise PurifyError(f"parameters file {path!r}: {key} must hold a mapping of its parameters, not {json.dumps(value)}")
+        if key == "profile" or (key in notebooks and "profile" in value):
+            raise PurifyError(f"parameters file {path!r} sets profile; choose the profile with --profile")
+    return values
+
+
+def for_notebook(name: str, parameters: dict) -> dict:
+    """The parameters ``name`` gets: the shared ones (any key that is not a notebook's name), then its own section."""
+    notebooks = notebook_names()
+    return {**{k: v for k, v in parameters.items() if k not in notebooks}, **parameters.get(name, {})}
+
+
+def merge_parameters(from_file: dict, given: dict) -> dict:
+    """A parameters file's values with ``-p``'s ``given`` on top: a given name wins over the file's shared value
+    and over every notebook section's."""
+    notebooks = notebook_names()
+    return {**{key: {k: v for k, v in value.items() if k not in given} if key in notebooks else value
+               for key, value in from_file.items()}, **given}
+
+
+def profile_defaults(name: str, profile: str) -> dict:
+    """What ``name``'s parameters resolve to under ``profile`` when left empty: its ``DEFAULTS[profile]``, read from
+    the source by running only that cell's imports, its plain assignments before ``DEFAULTS`` and ``DEFAULTS``
+    itself (no victim, no defense, no Section)."""
+    import ast
+
+    import jupytext
+
+    for cell in jupytext.read(NOTEBOOKS / f"{name}.py").cells:
+        tree = ast.parse(cell.source) if cell.cell_type == "code" else None
+        names = [t.id for node in (tree.body if tree else []) if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)]
+        if "DEFAULTS" not in names:
+            continue
+        keep = []
+        for node in tree.body:
+            if isinstance(node, (ast.Import, ast.ImportFrom)) or (isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) for t in node.targets)):
+                keep.append(node)
+            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "DEFAULTS" for t in node.targets):
+                break
+        namespace: dict = {}
+        exec(compile(ast.Module(body=keep, type_ignores=[]), f"{name}.py", "exec"), namespace)
+        return dict(namespace["DEFAULTS"][profile])
+    return {}
+
+
+def parameters_file_text(names: list[str], profile: str) -> str:
+    """``--print-parameters``: each notebook's defaults under ``profile``, as a file ``run_all.py -f`` reads."""
+    import yaml
+
+    shared = {k: v for k, v in notebook_parameters(names[0]).items() if k in ("device", "seed", "victim_seed")} if names else {}
+    sections = {name: profile_defaults(name, profile) for name in names}
+    return (f"# The notebooks' defaults under profile {profile}: edit, then `python run_all.py --profile {profile} -f THIS_FILE`.\n"
+            "# Top-level names go to every notebook that has them; a notebook's section holds its own.\n"
+            + yaml.safe_dump({**shared, **sections}, sort_keys=False, default_flow_style=None, width=120))
+
+
 def notebook_parameters(name: str) -> dict:
     """The names and default values of a notebook's ``parameters`` cell (read from its source, nothing run)."""
     import ast
@@ -78,16 +160,25 @@ def _kind(value) -> str:
 def check_parameters(names: list[str], points: list[dict]) -> None:
     """Each parameter of each of ``points`` (one dict per run) must be in the parameters cell of at
     least one of the notebooks ``names``, with a value of the kind its default has there; else one
-    line naming the parameter, the value and what is expected.  Each notebook is read once."""
+    line naming the parameter, the value and what is expected.  A key that is a notebook's name (a
+    parameters file's section) holds that notebook's own parameters, checked against it alone."""
+    notebooks = notebook_names()
+    declared = {name: notebook_parameters(name) for name in names}
+    for point in points:
+        _check(declared, {k: v for k, v in point.items() if k not in notebooks})
+        for section in (k for k in point if k in notebooks):
+            _check({section: declared.get(section) or notebook_parameters(section)}, point[section])
+
+
+def _check(declared: dict, values: dict) -> None:
     from .errors import PurifyError
 
-    declared = {name: notebook_parameters(name) for name in names}
-    for key, value in ((k, v) for point in points for k, v in point.items()):
+    for key, value in values.items():
         owners = {name: cell[key] for name, cell in declared.items() if key in cell}
         if not owners:
             allowed = sorted({k for cell in declared.values() for k in cell})
             raise PurifyError(f"unknown notebook parameter {key!r} (given {key}={json.dumps(value)}); "
-                              f"the parameters of {', '.join(names)} are: {', '.join(allowed)}")
+                              f"the parameters of {', '.join(declared)} are: {', '.join(allowed)}")
         for name, default in owners.items():
             fits = isinstance(value, type(default)) and not (isinstance(value, bool) and not isinstance(default, bool))
             fits = fits or (isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool))
@@ -180,7 +271,7 @@ def execute(name: str, profile: str, parameters: dict | None = None, point: dict
 
     point = point or {}
     label = point_label(name, point)
-    all_parameters = {"profile": profile, **(parameters or {}), **point}
+    all_parameters = {"profile": profile, **for_notebook(name, parameters or {}), **point}
     with _build_for(build_dir_for(point, label)):
         build = build_dir()
         digest = input_digest(name, all_parameters)
@@ -314,7 +405,7 @@ def _plan(tasks, profile, parameters, force):
             lines.append(f"{label}: to run; no record of its needs yet (it has not finished under profile {profile} here), "
                          "so its victims, defense runs and minutes are unknown")
             continue
-        requested = {**notebook_parameters(name), **parameters, **point}
+        requested = {**notebook_parameters(name), **for_notebook(name, parameters), **point}
         differ = sorted(k for k, v in record["requested"].items() if k in requested and requested[k] != v)
         # A record from before per-defense digests holds one string: every defense in it counts as changed.
         recorded = record["defense_code"] if isinstance(record["defense_code"], dict) else {}

@@ -111,8 +111,7 @@ class Section:
         chosen = {name: value if value not in (None, "", 0, [], ()) else defaults[self.profile.name][name] for name, value in given.items()}
         self.parameters.update(chosen)
         self.requested.update(given)
-        defaulted = [name for name, value in given.items() if value in (None, "", 0, [], ())]
-        self.left_to_paper = left_to_paper(defaults, self.profile.name, defaulted)
+        self.left_to_paper = left_to_paper(defaults, self.profile.name, chosen)
         if self.left_to_paper:
             print(f"left to profile paper (its defaults that profile {self.profile.name} does not run): "
                   + "; ".join(f"{name}: {', '.join(map(str, values))}" for name, values in self.left_to_paper.items()))
@@ -168,14 +167,14 @@ class Section:
         self._manifest([path])
 
 
-def left_to_paper(defaults: dict, profile: str, names: list[str]) -> dict:
-    """For each parameter in ``names`` (those left to the profile's default), what the ``paper`` profile's default
-    runs and ``profile``'s does not: the list items it lacks, or the paper's value where a single value differs."""
+def left_to_paper(defaults: dict, profile: str, chosen: dict) -> dict:
+    """What the ``paper`` profile's defaults run and the ``chosen`` values (under ``profile``) do not: per
+    parameter, the list items they lack, or the paper's value where a single value differs."""
     if profile == "paper" or "paper" not in defaults:
         return {}
     left = {}
-    for name in names:
-        paper, here = defaults["paper"][name], defaults[profile][name]
+    for name, here in chosen.items():
+        paper = defaults["paper"][name]
         if isinstance(paper, (list, tuple)):
             missing = [item for item in paper if item not in list(here)]
             if missing:
@@ -183,4 +182,3 @@ def left_to_paper(defaults: dict, profile: str, names: list[str]) -> dict:
         elif paper != here:
             left[name] = [f"{paper} (here {here})"]
     return left
-

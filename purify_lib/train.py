@@ -83,7 +83,8 @@ def fgsm_rs(model, x: torch.Tensor, y: torch.Tensor, eps: float, device, precisi
 
 
 def train_model(model, data: ImageSet, recipe: Recipe, attack=None, poison_rate: float = 0.0,
-                progress: bool = True, on_epoch=None, precision: str | None = None, adversarial_eps: float = 0.0):
+                progress: bool = True, on_epoch=None, precision: str | None = None, adversarial_eps: float = 0.0,
+                compile: bool = False):
     """Train ``model`` (already on its device) on uint8 ``data`` with ``recipe``.
 
     A training-controlled ``attack`` poisons every batch at ``poison_rate``; other attacks
@@ -91,6 +92,8 @@ def train_model(model, data: ImageSet, recipe: Recipe, attack=None, poison_rate:
     ``precision`` (default ``$PURIFY_PRECISION``, else ``auto``) is checked before training.
     ``adversarial_eps > 0`` trains on ``fgsm_rs`` examples of that L-infinity radius (pixels in
     [0, 1]) instead of the images: LC's adversarially trained model, at about twice the cost.
+    ``compile``: the model's forward and backward through ``torch.compile`` (inductor), its compile paid at the
+    first batch of each call; ``scripts/bench_victim.py`` measures what it gains (no profile turns it on).
     """
     device = next(model.parameters()).device
     precision = resolve_precision(device, precision)
@@ -100,6 +103,7 @@ def train_model(model, data: ImageSet, recipe: Recipe, attack=None, poison_rate:
     augment_stream = stream("augment", recipe.seed, device=device)
     images, labels = data.images.to(device), data.labels.to(device)
     model.to(memory_format=torch.channels_last).train()
+    forward = torch.compile(model) if compile else model  # the same parameters: the optimizer below updates both
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
     steps_per_epoch = math.ceil(len(labels) / recipe.batch_size)
     scheduler = make_scheduler(optimizer, recipe.schedule, recipe.lr, recipe.epochs * steps_per_epoch, recipe.warmup_fraction)
@@ -120,9 +124,9 @@ def train_model(model, data: ImageSet, recipe: Recipe, attack=None, poison_rate:
                 x = attack.augment(x)
             x = x.contiguous(memory_format=torch.channels_last)
             if adversarial_eps:
-                x = fgsm_rs(model, x, y, adversarial_eps, device, precision)
+                x = fgsm_rs(forward, x, y, adversarial_eps, device, precision)
             with autocast(device, precision):
-                loss = F.cross_entropy(model(x).float(), y)
+                loss = F.cross_entropy(forward(x).float(), y)
             extra = attack.extra_loss() if controlled else None
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss if extra is None else loss + extra).backward()

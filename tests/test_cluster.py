@@ -65,6 +65,7 @@ def test_local_executor_runs_two_notebooks_over_one_shared_zoo(tmp_path, shared_
     status = (tmp_path / "build" / "figures" / "smoke" / "STATUS.md").read_text()  # what reproduces, from the records just written
     assert re.search(r"\| 02_feature_shift \| \d/3 \|", status) and re.search(r"\| 05_data_purification \| \d/3 \|", status)
     assert "| blended:0.1 | " in status  # its victim, from the zoo record
+    assert "| 02_feature_shift | victims | blended:0.01 |" in status  # what smoke leaves to paper, from 02's own record
     again = run_all(tmp_path, "--executor", "local", "--only", *PAIR, zoo=shared_zoo)
     assert again.returncode == 0 and "submitted" not in again.stdout  # nothing left to do: nothing submitted
     assert again.stdout.count("unchanged") >= 2

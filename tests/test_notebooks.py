@@ -184,3 +184,61 @@ def test_run_all_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     assert len(lines) == 1 and lines[0].startswith(message), result.stderr
     # nothing ran: a notebook would have made the build folder (how fast it fails is measured, not asserted)
     assert not (tmp_path / "build").exists() and not (tmp_path / "zoo").exists()
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("p.yaml", "colour: 1\n", "error: unknown notebook parameter 'colour' (given colour=1); the parameters of 01_fine_tuning"),
+    ("p.yaml", "01_fine_tuning:\n  rates: abc\n", 'error: parameter rates="abc" is a string; 01_fine_tuning expects a JSON list'),
+    ("p.yaml", "04_distance: {path_points: 2.5}\n", "error: parameter path_points=2.5 is a number; 04_distance expects an integer"),
+    ("p.yaml", "02_feature_shift: {rates: [0.1]}\n", "error: unknown notebook parameter 'rates' (given rates=[0.1]); the parameters of 02_feature_shift are"),
+    ("p.yaml", "[1, 2]\n", "holds a list; expected a mapping of name: value"),
+    ("p.yaml", "seed: [1\n", "is not valid YAML at line 2"),
+    ("p.json", '{"seed": 1,}', "is not valid JSON at line 1"),
+    ("p.yaml", "profile: paper\n", "sets profile; choose the profile with --profile"),
+    ("p.yaml", "06_main_tables: 3\n", "06_main_tables must hold a mapping of its parameters, not 3"),
+    ("missing.yaml", None, "cannot be read"),
+])
+def test_run_all_bad_parameters_file_is_one_line_and_exit_2(tmp_path, name, content, message):
+    if content is not None:
+        (tmp_path / name).write_text(content)
+    env = {**os.environ, "PURIFY_BUILD": str(tmp_path / "build"), "PURIFY_ZOO": str(tmp_path / "zoo")}
+    result = subprocess.run([sys.executable, str(ROOT / "run_all.py"), "-f", str(tmp_path / name)], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert not (tmp_path / "build").exists() and not (tmp_path / "zoo").exists()
+
+
+def test_printed_parameters_are_a_file_run_all_takes(tmp_path):
+    """--print-parameters writes each notebook's resolved defaults; -f reads them back, checked, and plans a run."""
+    import yaml
+
+    env = {**os.environ, "PURIFY_BUILD": str(tmp_path / "build"), "PURIFY_ZOO": str(tmp_path / "zoo")}
+    run = lambda *args: subprocess.run([sys.executable, str(ROOT / "run_all.py"), *args], capture_output=True, text=True, env=env, cwd=tmp_path)
+    printed = run("--profile", "smoke", "--print-parameters")
+    assert printed.returncode == 0, printed.stderr
+    values = yaml.safe_load(printed.stdout)
+    assert sorted(k for k in values if k in NAMES) == NAMES and values["seed"] == 0
+    assert values["06_main_tables"]["victims"] == execution.profile_defaults("06_main_tables", "smoke")["victims"]
+    assert all(set(values[name]) <= set(execution.notebook_parameters(name)) for name in NAMES)  # every key is one of its parameters
+    (tmp_path / "params.yaml").write_text(printed.stdout)
+    planned = run("--profile", "smoke", "--plan", "-f", "params.yaml")
+    assert planned.returncode == 0 and "02_feature_shift: to run" in planned.stdout, planned.stderr
+
+
+def test_parameters_file_sections_and_p_precedence():
+    from_file = {"seed": 3, "per_group": 10, "02_feature_shift": {"per_group": 20, "victims": ["blended:0.1"]}}
+    assert execution.for_notebook("02_feature_shift", from_file) == {"seed": 3, "per_group": 20, "victims": ["blended:0.1"]}
+    assert execution.for_notebook("04_distance", from_file) == {"seed": 3, "per_group": 10}  # another notebook's section stays there
+    merged = execution.merge_parameters(from_file, {"per_group": 30})  # -p wins over the shared value and over the section's
+    assert execution.for_notebook("02_feature_shift", merged) == {"seed": 3, "per_group": 30, "victims": ["blended:0.1"]}
+
+
+def test_left_to_paper_lists_what_the_paper_defaults_run_and_these_do_not():
+    from purify_lib.section import left_to_paper
+
+    defaults = {"cpu": {"victims": ["a:0.1"], "points": 9, "sizes": [1]}, "paper": {"victims": ["a:0.1", "b:0.1"], "points": 21, "sizes": [1]}}
+    chosen = dict(defaults["cpu"])
+    assert left_to_paper(defaults, "cpu", chosen) == {"victims": ["b:0.1"], "points": ["21 (here 9)"]}
+    assert left_to_paper(defaults, "paper", defaults["paper"]) == {}
+    assert left_to_paper(defaults, "cpu", {**chosen, "victims": ["b:0.1", "a:0.1"], "points": 21}) == {}
