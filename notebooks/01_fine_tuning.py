@@ -46,7 +46,7 @@ from purify_lib.sweep import arm, backdoored, per, sweep, wide
 DEFAULTS = {
     "smoke": dict(attacks=["blended"], rates=[0.1], clean_label=[], learning_rates=[0.01], low_rates=[0.1]),
     # cpu: the two rates each claim needs (a learned low rate, the high one) on Blended; BadNets at 1% is not learned by the
-    # cpu recipe (figures/victims_cpu.md), so its sweep would add a victim no claim counts. The rest is left to paper.
+    # cpu recipe (docs/history/victims_cpu_zoo_format3.md), so its sweep would add a victim no claim counts. The rest is left to paper.
     "cpu": dict(attacks=["blended"], rates=[0.01, 0.1], clean_label=[], learning_rates=[0.01, 0.02], low_rates=[0.01]),
     "paper": dict(attacks=["badnets", "blended"], rates=[0.005, 0.01, 0.05, 0.1], clean_label=["sig:0.05", "sig:0.01"],
                   learning_rates=[0.005, 0.01, 0.02], low_rates=[0.005, 0.01]),

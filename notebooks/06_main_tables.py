@@ -59,7 +59,7 @@ PAPERS = ["fst", "nft", "d3", "pad_ft"]
 DEFAULTS = {
     "smoke": dict(victims=["blended:0.1"], defenses=["ft", "lp", *PAPERS, "fp", "nc", "sau", "rnp"], backdoorbench_ft_epochs=2),
     # Adaptive-Blend is left out of the cpu rows: at 1% (with as many covers), above the paper's 0.3%, the cpu recipe
-    # did not learn it (ASR 17.6%, figures/victims_cpu_zoo_format2.md), and purifying a victim without a backdoor shows nothing.
+    # did not learn it (ASR 17.6%, docs/history/victims_cpu_zoo_format2.md), and purifying a victim without a backdoor shows nothing.
     # cpu: the three victims the other notebooks train (every claim here needs a high and a learned low rate), and the
     # defenses that cost about a minute or two at width 16; FP, NC and SAU (4-9 minutes each a victim) and the dearer
     # victims (IAD, SSBA, TrojanNN: 3-8 times a plain one) are left to paper, as the printed list after this cell says.

@@ -75,7 +75,7 @@ def victims(args) -> None:
     for attack, rate in (("badnets", 0.1), ("badnets", 0.01), ("blended", 0.01), ("blended", 0.1)):
         rows.append(victim_row(get_victim(attack, rate, "cpu", progress=False), attack=attack, rate=f"{rate:g}"))
     write("victims", "Victims after the fidelity fixes (one stream per random draw; all 50,000 training images). "
-          "The old ones (one stream; 47,500 images) are in `figures/victims_cpu_zoo_format2.md`.", rows)
+          "The old ones (one stream; 47,500 images) are in `docs/history/victims_cpu_zoo_format2.md`.", rows)
 
 
 class FinalNormPreAct(torch.nn.Module):
