@@ -73,8 +73,8 @@ def status(notebooks: list[str], profile: str, zoo: Path) -> str:
     if profile != "paper":
         from .defenses import DEFENSES
 
-        cut = [{"defense": d, "settings": ", ".join(f"{k}={v}" for k, v in DEFENSES[d].budgets[profile][0].items()), "why": DEFENSES[d].budgets[profile][1]}
-               for d in sorted(used) if d in DEFENSES and DEFENSES[d].budgets.get(profile, ({}, ""))[0]]
+        cut = [{"defense": d, "settings": ", ".join(f"{k}={v}" for k, v in DEFENSES[d].budget(profile).items()), "why": DEFENSES[d].budgets[profile][1]}
+               for d in sorted(used) if d in DEFENSES and DEFENSES[d].budget(profile)]
         lines += ["## Left to profile `paper`", "", f"What the `paper` profile's defaults run and `{profile}`'s do not, as each notebook's "
                   "last run recorded it (each executed notebook prints the same after its parameters):", "",
                   markdown(pd.DataFrame(left, columns=["notebook", "parameter", "run by paper only"])),
