@@ -108,7 +108,7 @@ tuned = backdoored(rate_sweep[rate_sweep["attack"].isin(s["attacks"])])
 high, low = max(s["rates"]), min(tuned["rate"], default=None)
 best_ft = per(tuned[(tuned["rate"] == high) & (tuned["defense"] == "ft")], "attack", "asr", "min")
 learned = [v for v in (section.victim(a, r) for a, r in victims) if v.backdoored]
-# ASR's spread over three defense seeds, for FT on one learned victim: what each claim's margin is weighed against
+# ASR's spread over the profile's defense seeds (3; 2 under cpu), for FT on one learned victim: what each claim's margin is weighed against
 noise = section.spread(learned[0], "ft", lr=0.01) if learned else None
 larger_lr = [(victim, "ft", {"lr": lr}) for victim in (section.victim(a, high) for a in s["attacks"]) if victim.backdoored and best_ft for lr in (0.05, 0.1)]
 

@@ -133,7 +133,7 @@ first = next(nft_rows.itertuples(), None)
 steps = 3 * {**DEFENSES["nft"].parameters(), **budget("nft", section.profile)}["steps"]
 longer = [(by_label[first.label], "nft", {}), (by_label[first.label], "nft", {"steps": steps})] if first else []
 oracle_rows = oracle[oracle["variant"].str.startswith("NFT, oracle") & oracle["backdoored"]]
-noise = section.spread(primary[0], "nft")  # ACC's, ASR's and DER's spread over three defense seeds, NFT on the first victim
+noise = section.spread(primary[0], "nft")  # ACC's, ASR's and DER's spread over the profile's defense seeds (3; 2 under cpu), NFT on the first victim
 section.claim("NFT removes the backdoor (ASR < 10%) with a small ACC drop (< 5 points)",
               not nft_rows.empty and (nft_rows["asr"] < 10).all() and all(by_label[r.label].metrics["acc"] - r.acc < 5 for r in nft_rows.itertuples()),
               ", ".join(f"{r.label}: ASR {r.asr:.1f}%, ACC {r.acc:.1f}%" for r in nft_rows.itertuples())

@@ -132,7 +132,7 @@ head = dict(zip(zip(heads["victim"], heads["method"]), heads["l2 distance"]))
 section.claim("D3 moves the head much further from the victim than FT (D3 Fig. 4b)",
               all(head[(label(v), "D3")] > 2 * head[(label(v), "FT")] for v in victims),
               ", ".join(f"{v}: FT {head[(v, 'FT')]:.2f}, D3 {head[(v, 'D3')]:.2f}" for v in sorted(map(label, victims))))
-noise = section.spread(victim, "d3")  # ASR's spread over three defense seeds, D3 on the first victim
+noise = section.spread(victim, "d3")  # ASR's spread over the profile's defense seeds (3; 2 under cpu), D3 on the first victim
 section.claim("D3 is insensitive to eps and lambda: ASR < 10% at every value tried (Tables 6-7)",
               victim.backdoored and (d3_sweep["asr"] < 10).all(),
               ", ".join(f"{r.knob}={r.value:g}: ASR {r.asr:.1f}%" for r in d3_sweep.itertuples()), noise=noise, margins={"asr": 10 - d3_sweep["asr"].max()})

@@ -141,7 +141,7 @@ thresholds
 # %%
 DIAGNOSED_ELSEWHERE = {"nft": "; notebook 03 measures why NFT keeps the backdoor", "pad_ft": "; notebook 05 measures what PAD-FT's selection keeps"}
 learned = backdoored(results)
-# ACC's and ASR's spread over three defense seeds, for one defense on one victim: the noise each claim's margins are weighed against
+# ACC's and ASR's spread over the profile's defense seeds (3; 2 under cpu), for one defense on one victim: the noise each claim's margins are weighed against
 noise = section.spread(next((v for v in victims if v.backdoored), victims[0]), "fst") if "fst" in s["defenses"] else None
 for name in [d for d in PAPERS if d in s["defenses"]]:
     part = learned[learned["defense"] == name].assign(drop=lambda f: [section.victim(a, r).metrics["acc"] - acc for a, r, acc in zip(f["attack"], f["rate"], f["acc"])])

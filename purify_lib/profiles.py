@@ -38,6 +38,8 @@ class Profile:
     progress_eval_size: int | None = None
     # Per-attack settings (part of the victim's key) on top of the budgets each attack declares for this profile's name.
     attack_settings: dict = field(default_factory=dict)
+    # Defense seeds a claim's noise is measured over (``Section.spread``): 3, or 2 where a run must fit a sitting.
+    spread_seeds: int = 3
 
     def __post_init__(self):
         choose("defense_data", self.defense_data, DEFENSE_DATA)
@@ -64,7 +66,7 @@ PROFILES = {
                      recipe=Recipe(epochs=5, batch_size=128, lr=0.05, schedule="onecycle", augment=False)),
     "cpu": Profile("cpu", width=16, train_size=None, test_size=None,
                    recipe=Recipe(epochs=13, batch_size=128, lr=0.1, schedule="onecycle"),
-                   progress_eval_size=2000),
+                   progress_eval_size=2000, spread_seeds=2),
     "paper": Profile("paper", width=64, train_size=None, test_size=None, recipe=Recipe()),
 }
 

@@ -98,11 +98,13 @@ class Section:
                     self.claims.diagnose(explained)
         return passed
 
-    def spread(self, victim, name: str, seeds=(0, 1, 2), **params) -> dict:
+    def spread(self, victim, name: str, seeds=None, **params) -> dict:
         """The standard deviation of ACC, ASR and DER after defense ``name`` (with ``params``) on ``victim`` over
-        defense ``seeds``: the noise a claim's margins are weighed against."""
+        defense ``seeds`` (default: the profile's ``spread_seeds`` from this run's seed on): the noise a claim's
+        margins are weighed against."""
         from .sweep import arm, sweep
 
+        seeds = list(seeds) if seeds is not None else [self.seed + k for k in range(self.profile.spread_seeds)]
         row = sweep(self, [victim], [arm(name, **params)], baseline=False, seeds=list(seeds)).iloc[0]
         return {m: float(row[f"{m} ±"]) if len(seeds) > 1 else 0.0 for m in ("acc", "asr", "der")}
 
