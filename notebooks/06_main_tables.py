@@ -41,14 +41,17 @@ device = "auto"
 seed = 0  # the defenses' seed
 victim_seed = 0  # the victims' seed (split, poisons, training)
 seeds = []  # defense seeds for the main table: several give each cell's mean and standard deviation; empty means [seed]
-victims = []  # "attack:rate"; empty means this section's default for the profile
+victims = []  # "attack:rate"; empty means this section's default for the profile (none when `imported` names files)
 defenses = []  # names from purify_lib.defenses.DEFENSES
 backdoorbench_ft_epochs = 0  # epochs of BackdoorBench's FT (its 100 cut where the profile cannot), run where a paper published it
+dataset = ""  # "" means CIFAR-10, the committed figures'; cifar100, gtsrb or tiny_imagenet (README, "Datasets")
+imported = []  # paths of BackdoorBench attack_result.pt files (README, "BackdoorBench victims"), run beside the victims above
 
 # %%
 from purify_lib import paper_tables, plots
 from purify_lib.claims import Diagnosis
 from purify_lib.cli import parse_specs
+from purify_lib.datasets import get_spec
 from purify_lib.defenses import DEFENSES, budget, parameters_of
 from purify_lib.defenses.finetune import BACKDOORBENCH_FT
 from purify_lib.errors import choose
@@ -70,20 +73,21 @@ DEFAULTS = {
                            "badnets:0.005", "blended:0.005", "ssba:0.005", "adaptive_blend:0.003"], defenses=list(DEFENSES),
                   backdoorbench_ft_epochs=100),
 }
-section = Section("06_main_tables", profile, device, seed, victim_seed)
+section = Section("06_main_tables", profile, device, seed, victim_seed, dataset, imported=imported)
 s = section.settings(DEFAULTS, victims=victims, defenses=defenses, backdoorbench_ft_epochs=backdoorbench_ft_epochs)
 for name in s["defenses"]:
     choose("defense", name, DEFENSES)
-victims = [section.victim(attack, rate) for attack, rate in parse_specs(s["victims"])]
+victims = ([section.victim(attack, rate) for attack, rate in parse_specs(s["victims"] if victims or not imported else [])]
+           + [section.imported_victim(path) for path in imported])
 
 # %% [markdown]
 # ## Our numbers
 
 # %%
-tables = paper_tables.load()
+tables, published_name = paper_tables.load(), get_spec(section.profile.dataset).published
 # BackdoorBench's FT, beside the published cells that ran it (D3's), not FST's FT that "ft" is
 backdoorbench_ft = arm("ft", name=paper_tables.BACKDOORBENCH_FT_ROW, show=False, **{**BACKDOORBENCH_FT, "epochs": s["backdoorbench_ft_epochs"]})
-d3_published_ft = lambda v: "ft" in s["defenses"] and (paper_tables.published(tables, v.attack.name, v.poison_rate, "ft")["paper"] == "D3").any()
+d3_published_ft = lambda v: "ft" in s["defenses"] and (paper_tables.published(tables, v.attack.name, v.poison_rate, "ft", published_name)["paper"] == "D3").any()
 results = sweep(section, victims, lambda v: [*s["defenses"], *([backdoorbench_ft] if d3_published_ft(v) else [])], seeds=seeds or None)
 table = with_averages(results.drop(columns="victim"), "average (backdoored victims)")
 section.table(table, "main_table", f"Every defense against every victim, profile {section.profile.name} (width {section.profile.width}, "
@@ -97,7 +101,7 @@ section.figure(plots.heatmaps(results, "victim", "defense", f"Profile {section.p
 # ## Beside the published numbers
 #
 # Published values come from the papers' tables (`../shared/paper_tables`), ResNet-18-family models on
-# CIFAR-10, full data and a GPU: **they are the papers' numbers, not ours**, and this run's profile is
+# the run's dataset (CIFAR-10 unless `dataset` says otherwise), full data and a GPU: **they are the papers' numbers, not ours**, and this run's profile is
 # far smaller. Where a paper did not run a defense at a rate, the cell is empty. Each published cell sits
 # beside our run in the configuration its paper ran (D3's FT cells beside BackdoorBench's FT), and the
 # `configuration` column says where the two still differ: a budget this profile cuts, or a configuration

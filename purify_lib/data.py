@@ -12,13 +12,15 @@ Where the data comes from, in order:
 4. torchvision's download into the cache directory.
 
 ``root`` may be an ImageFolder tree (``train/<class>/*``, ``test/<class>/*``), a zip of
-one, or a folder that torchvision's own dataset class reads.  Whatever the source, the
-decoded tensors are cached once under ``cache_dir()/data``, keyed by the source.
+one, or a folder in the dataset's usual layout (torchvision's CIFAR pickles and GTSRB folders,
+Tiny-ImageNet's own: each dataset's module in ``datasets/`` reads its own, CIFAR's pickles
+without unpickling anything but arrays).  Images of another size are resized to the dataset's.
+Whatever the source, the decoded tensors are cached once under ``cache_dir()/data``, keyed by
+the dataset's name and the source's content.
 """
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import zipfile
@@ -28,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .datasets import DATASETS as SPECS, get_spec
+from .datasets.base import DataNotFound, decode_entries
 from .errors import PurifyError
 from .files import atomic_path, sha256_file
 from .seeds import stream
@@ -36,16 +40,7 @@ DATA_ENV = "PURIFY_DATA"
 CACHE_ENV = "PURIFY_CACHE"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
-# torchvision class name, number of classes, and the keyword that picks the split.
-DATASETS = {
-    "cifar10": ("CIFAR10", 10),
-    "cifar100": ("CIFAR100", 100),
-    "gtsrb": ("GTSRB", 43),
-}
-
-
-class DataNotFound(PurifyError):
-    """No copy of a dataset could be found or downloaded."""
+DATASETS = {name: spec.num_classes for name, spec in SPECS.items()}  # every dataset's name and number of classes
 
 
 def cache_dir() -> Path:
@@ -87,8 +82,7 @@ class Dataset:
 
 
 def check_dataset_name(name: str) -> None:
-    if name not in DATASETS:
-        raise PurifyError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
+    get_spec(name)
 
 
 def load_dataset(name: str = "cifar10", root: str | os.PathLike | None = None) -> Dataset:
@@ -106,7 +100,7 @@ def load_dataset(name: str = "cifar10", root: str | os.PathLike | None = None) -
     with np.load(cached, allow_pickle=False) as arrays:
         train = ImageSet(torch.from_numpy(arrays["train_images"]), torch.from_numpy(arrays["train_labels"]).long())
         test = ImageSet(torch.from_numpy(arrays["test_images"]), torch.from_numpy(arrays["test_labels"]).long())
-    return Dataset(name, f"{name}-{tag}", train, test, DATASETS[name][1])
+    return Dataset(name, f"{name}-{tag}", train, test, get_spec(name).num_classes)
 
 
 def _find_source(name: str, root) -> Path | str:
@@ -153,76 +147,50 @@ def _source_tag(source) -> str:
 
 
 def _decode(name: str, source) -> dict[str, np.ndarray]:
+    spec = get_spec(name)
     if source == "torchvision-download":
-        return _from_torchvision(name, cache_dir() / "data" / "torchvision", download=True)
+        if spec.download is None:
+            raise DataNotFound(f"{name} not found and {spec.where}; or set {DATA_ENV} to it, or to an ImageFolder tree or zip "
+                               "(train/<class>/*, test/<class>/*)")
+        try:
+            arrays = spec.download(cache_dir() / "data" / "torchvision")
+        except DataNotFound as exc:
+            raise DataNotFound(f"{name} not found ({exc}); either pass root= / set {DATA_ENV} to an ImageFolder tree or zip "
+                               "(train/<class>/*, test/<class>/*), or run where torchvision can download it") from None
+        return _checked(name, arrays)
     path = Path(source)
     if path.is_file() and zipfile.is_zipfile(path):
-        return _from_imagefolder_zip(path)
-    if (path / "train").is_dir() and (path / "test").is_dir():
-        return _from_imagefolder_dir(path)
-    return _from_torchvision(name, path, download=False)
+        return _checked(name, _from_imagefolder_zip(path, spec.size))
+    if (path / "train").is_dir() and (path / "test").is_dir() and not (path / "val").is_dir():
+        return _checked(name, _from_imagefolder_dir(path, spec.size))
+    arrays = spec.read_layout(path) if path.is_dir() else None
+    if arrays is None:
+        raise DataNotFound(f"{str(path)!r} is not a {name} folder (its usual layout: see purify_lib/datasets/{spec.read_layout.__module__.rpartition('.')[2]}.py); "
+                           f"either pass root= / set {DATA_ENV} to an ImageFolder tree or zip (train/<class>/*, test/<class>/*), "
+                           f"or run where torchvision can download it" + ("" if spec.download else f" ({spec.where})"))
+    return _checked(name, arrays)
 
 
-def _from_torchvision(name: str, root: Path, download: bool) -> dict[str, np.ndarray]:
-    import torchvision.datasets as tvd
-
-    cls = getattr(tvd, DATASETS[name][0])
-    try:
-        if name == "gtsrb":
-            sets = {split: cls(str(root), split=split, download=download) for split in ("train", "test")}
-        else:
-            sets = {split: cls(str(root), train=split == "train", download=download) for split in ("train", "test")}
-    except Exception as exc:  # no network, or not a torchvision folder
-        how = "download failed" if download else f"{str(root)!r} is not a torchvision {name} folder"
-        raise DataNotFound(
-            f"{name} not found ({how}: {type(exc).__name__}); either pass root= / set {DATA_ENV} to an "
-            f"ImageFolder tree or zip (train/<class>/*, test/<class>/*), or run where torchvision can download it"
-        ) from None
-    out = {}
-    for split, dataset in sets.items():
-        images, labels = [], []
-        for image, label in dataset:
-            images.append(_to_chw(np.asarray(image.convert("RGB").resize((32, 32)))))
-            labels.append(label)
-        out[f"{split}_images"] = np.stack(images)
-        out[f"{split}_labels"] = np.asarray(labels, dtype=np.int64)
-    return out
+def _checked(name: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The decoded arrays, if their labels fit the dataset's classes (else nothing is cached)."""
+    classes = get_spec(name).num_classes
+    for split in ("train", "test"):
+        labels = arrays[f"{split}_labels"]
+        if len(labels) and not 0 <= labels.min() <= labels.max() < classes:
+            raise DataNotFound(f"the {split} labels read for {name} run from {labels.min()} to {labels.max()}; {name} has {classes} classes")
+    return arrays
 
 
-def _to_chw(array: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(array.transpose(2, 0, 1))
-
-
-def _decode_entries(entries) -> dict[str, np.ndarray]:
-    """entries: iterable of (split, class_name, read_bytes) for every image file."""
-    from PIL import Image
-
-    grouped: dict[str, list] = {"train": [], "test": []}
-    for split, class_name, read in entries:
-        if split in grouped:
-            grouped[split].append((class_name, read))
-    out = {}
-    for split, items in grouped.items():
-        if not items:
-            raise DataNotFound(f"no {split}/<class>/ images found in the ImageFolder source")
-        classes = sorted({class_name for class_name, _ in items})
-        items.sort(key=lambda item: item[0])
-        images = [_to_chw(np.asarray(Image.open(io.BytesIO(read())).convert("RGB"))) for _, read in items]
-        out[f"{split}_images"] = np.stack(images)
-        out[f"{split}_labels"] = np.asarray([classes.index(class_name) for class_name, _ in items], dtype=np.int64)
-    return out
-
-
-def _from_imagefolder_zip(path: Path) -> dict[str, np.ndarray]:
+def _from_imagefolder_zip(path: Path, size: int) -> dict[str, np.ndarray]:
     with zipfile.ZipFile(path) as archive:
         names = sorted(n for n in archive.namelist() if not n.endswith("/") and n.count("/") >= 2)
         entries = [(n.split("/")[-3], n.split("/")[-2], lambda n=n: archive.read(n)) for n in names]
-        return _decode_entries(entries)
+        return decode_entries(entries, size)
 
 
-def _from_imagefolder_dir(path: Path) -> dict[str, np.ndarray]:
+def _from_imagefolder_dir(path: Path, size: int) -> dict[str, np.ndarray]:
     files = sorted(p for p in path.glob("*/*/*") if p.is_file())
-    return _decode_entries((p.parts[-3], p.parts[-2], p.read_bytes) for p in files)
+    return decode_entries(((p.parts[-3], p.parts[-2], p.read_bytes) for p in files), size)
 
 
 DEFENSE_DATA = ("train", "reserve")

@@ -1,5 +1,8 @@
 """PreAct-ResNet18, ResNet-18 (width as a parameter) and VGG19-BN, each split into ``features`` and ``head``.
 
+Each pools its last feature map by its mean, so all three take any input size: 32x32 (CIFAR, GTSRB) and
+64x64 (Tiny-ImageNet), as BackdoorBench's adaptive pooling does.
+
 Every model takes float images in [0, 1] and normalises them itself, so attacks and
 defenses work in pixel space.  ``model.features(x)`` gives the penultimate features,
 ``model.head`` is the final ``nn.Linear``, and ``model(x) == model.head(model.features(x))``.
@@ -10,10 +13,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .datasets import DATASETS
 from .errors import PurifyError, choose
 
-MEANS = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409), "gtsrb": (0.3403, 0.3121, 0.3214)}
-STDS = {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2673, 0.2564, 0.2762), "gtsrb": (0.2724, 0.2608, 0.2669)}
+MEANS = {name: spec.mean for name, spec in DATASETS.items()}  # each dataset's module says where its constants come from
+STDS = {name: spec.std for name, spec in DATASETS.items()}
 HEAD_NAMES = ("head", "linear", "fc", "classifier")
 
 
@@ -132,7 +136,9 @@ VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512,
 
 
 class VGG19BN(nn.Module):
-    """VGG19 with batch norm for 32x32 inputs; channel counts scaled by ``width / 64``."""
+    """VGG19 with batch norm (the CIFAR variant: one linear layer after the last max-pool); channel counts scaled by
+    ``width / 64``.  The last max-pool's map is averaged (1x1 at 32x32 inputs, where that is the flatten of the
+    CIFAR variant; 2x2 at Tiny-ImageNet's 64x64)."""
 
     clip_points = ("body.6", "body.13", "body.26")  # the first three max-pools
     attention_points = ("body.39", "body.52")  # the last two
@@ -152,7 +158,7 @@ class VGG19BN(nn.Module):
         self.head = nn.Linear(in_channels, num_classes)
 
     def features(self, x):
-        return self.body(self.normalize(x)).flatten(1)
+        return self.body(self.normalize(x)).mean((2, 3))
 
     def forward(self, x):
         return self.head(self.features(x))

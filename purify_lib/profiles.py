@@ -4,7 +4,8 @@
 - ``cpu``: the default without a GPU: width 16, all the training data, the
   whole test set, 13 epochs, the recipe that fits about 10 minutes a victim on a 2-core AVX-512
   BF16 CPU (README, "How the cpu recipe was chosen", has the trials and what it does not learn).
-- ``paper``: the papers' settings (width 64, all data, BackdoorBench's 100-epoch recipe).
+- ``paper``: the papers' settings (width 64, all data, BackdoorBench's 100-epoch recipe; with another
+  ``dataset``, BackdoorBench's recipe for it, ``datasets/<name>.py``).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 import torch
 
 from .data import DEFENSE_DATA
+from .datasets import get_spec
 from .errors import PurifyError, choose
 from .train import Recipe
 
@@ -88,4 +90,8 @@ def get_profile(name: str | Profile | None = None, **overrides) -> Profile:
     unknown = set(overrides) - {f.name for f in fields(Profile)}
     if unknown:
         raise PurifyError(f"unknown profile setting(s) {', '.join(sorted(unknown))}; allowed: {', '.join(f.name for f in fields(Profile))}")
+    if "dataset" in overrides:
+        spec = get_spec(overrides["dataset"])
+        if profile.name == "paper" and "recipe" not in overrides:  # the papers train each dataset with BackdoorBench's own defaults for it
+            overrides["recipe"] = replace(profile.recipe, **spec.paper_recipe)
     return replace(profile, **overrides) if overrides else profile

@@ -30,21 +30,25 @@ from .zoo import seeded_victim
 
 
 class Section:
-    def __init__(self, notebook: str, profile: str = "", device: str = "auto", seed: int = 0, victim_seed: int = 0, **parameters):
+    def __init__(self, notebook: str, profile: str = "", device: str = "auto", seed: int = 0, victim_seed: int = 0, dataset: str = "",
+                 **parameters):
         self.notebook = notebook
-        self.profile = get_profile(profile or None)
+        # ``dataset``: another dataset than the profile's (CIFAR-10), and under paper BackdoorBench's recipe for it
+        self.profile = get_profile(profile or None, **({"dataset": dataset} if dataset else {}))
         self.device = pick_device(device)
         self.seed, self.victim_seed = seed, victim_seed
-        self.parameters = {"profile": self.profile.name, "device": device, "seed": seed, "victim_seed": victim_seed, **parameters}
+        self.parameters = {"profile": self.profile.name, "device": device, "seed": seed, "victim_seed": victim_seed,
+                           **({"dataset": dataset} if dataset else {}), **parameters}
         self.figures = figures_dir(self.profile.name)
         self.victims: dict = {}
-        self.requested = {"device": device, "seed": seed, "victim_seed": victim_seed, **parameters}  # as the parameters cell (or papermill) gave them
+        self.requested = {"device": device, "seed": seed, "victim_seed": victim_seed, **({"dataset": dataset} if dataset else {}),
+                          **parameters}  # as the parameters cell (or papermill) gave them
         self.needs: list[dict] = []  # every victim and defense asked for, with its cost (see ``finish``)
         self.started = time.perf_counter()
         self.claims = Claims(notebook, self.profile.name)
         self.left_to_paper: dict = {}  # what this profile leaves out of the paper profile's defaults (``settings``)
         plots.style()
-        print(f"{notebook}: profile {self.profile.name} (width {self.profile.width}, {self.profile.train_size or 'all'} training images, "
+        print(f"{notebook}: profile {self.profile.name} ({self.profile.dataset}, width {self.profile.width}, {self.profile.train_size or 'all'} training images, "
               f"{self.profile.recipe.epochs} epochs), device {self.device}, outputs in {self.figures}")
 
     def victim(self, attack: str, rate: float, **attack_params):
@@ -59,6 +63,17 @@ class Section:
             spec = {"attack": attack, "rate": rate, "attack_params": attack_params, "victim_seed": self.victim_seed}
             self._note("victim", victim, started, victim.path.stem, victim.cache_hit, victim.record["train_seconds"], spec=spec)
         return self.victims[key]
+
+    def imported_victim(self, path):
+        """A BackdoorBench victim from its ``attack_result.pt`` (``interop.backdoorbench.import_victim``), under this
+        run's profile's defense budgets; afterwards ``victim(attack, rate)`` with its name and rate gives it too."""
+        from .interop.backdoorbench import import_victim
+
+        started = time.perf_counter()
+        victim = import_victim(path, self.profile, device=self.device)
+        self.victims[(victim.attack.name, victim.poison_rate)] = victim
+        self._note("victim", victim, started, victim.path.stem, True, 0.0, imported=str(path))
+        return victim
 
     def defend(self, victim, name: str, **params):
         """``defend.defend`` with this run's profile and seed; results are cached beside the zoo."""

@@ -123,11 +123,12 @@ def beside_published(frame: pd.DataFrame, tables: pd.DataFrame, profile, note=No
     (one row per paper table), and what differs between the configurations (``paper_tables.configuration_note``;
     ``note(paper, defense)`` gives the run-specific budget cut, if any)."""
     from . import paper_tables
+    from .datasets import get_spec
 
     published = []
     for (attack, rate), defenses in frame.groupby(["attack", "rate"], sort=False)["defense"]:
         for name in dict.fromkeys(defenses):
-            for row in paper_tables.published(tables, attack, rate, name).itertuples():
+            for row in paper_tables.published(tables, attack, rate, name, get_spec(profile.dataset).published).itertuples():
                 compared = paper_tables.compared_run(row.paper, name)
                 published.append({"attack": attack, "rate": rate, "defense": compared, "source": f"{row.paper} Table {row.table} ({row.model})",
                                   "published ACC": getattr(row, "ACC", None), "published ASR": getattr(row, "ASR", None),

@@ -228,6 +228,14 @@ def _checked_attack(attack, attack_params, poison_rate, splits: Splits) -> Attac
     """The attack object, after every check that can fail before training."""
     if attack is None:
         return None
+    size = splits.train.images.shape[-1]
+    cls = ATTACKS.get(attack)
+    if cls is not None and cls.image_sizes is not None and size not in cls.image_sizes:
+        anywhere = ", ".join(sorted(name for name, c in ATTACKS.items() if c.image_sizes is None))
+        raise PurifyError(f"attack {attack!r} is built for {' or '.join(f'{s}x{s}' for s in cls.image_sizes)} images here, and these are "
+                          f"{size}x{size}; the attacks made at any size: {anywhere}")
+    if cls is not None and "size" in cls.fields() and "size" not in (attack_params or {}):
+        attack_params = {**(attack_params or {}), "size": size}  # WaNet's grid at the images' size (32 is its default: same key)
     attack_obj = make_attack(attack, **(attack_params or {}))
     if attack_obj.target >= splits.num_classes:
         raise PurifyError(f"target={attack_obj.target} is not a class of the dataset (0..{splits.num_classes - 1})")

@@ -79,7 +79,7 @@ def test_missing_dataset_names_both_ways(tmp_path, monkeypatch):
 
 
 def test_unknown_dataset_fails():
-    with pytest.raises(PurifyError, match="unknown dataset 'mnist'; allowed: cifar10, cifar100, gtsrb"):
+    with pytest.raises(PurifyError, match="unknown dataset 'mnist'; allowed: cifar10, cifar100, gtsrb, tiny_imagenet"):
         load_dataset("mnist")
 
 

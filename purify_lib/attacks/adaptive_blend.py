@@ -25,6 +25,7 @@ from .blended import Blended
 
 class AdaptiveBlend(Blended):
     name = "adaptive_blend"
+    image_sizes = (32,)  # its pieces and covers are laid out for 32x32 here
     published = frozenset({"Adaptive-Blend"})
 
     def __init__(self, *, target: int = 0, alpha: float = 0.15, test_alpha: float = 0.2, pieces: int = 16,

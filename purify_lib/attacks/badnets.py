@@ -40,20 +40,27 @@ class BadNets(Attack):
 
     name = "badnets"
     published = frozenset({"BadNet", "BadNets", "Badnets"})
+    image_sizes = None  # the trigger image resized to the images' size, as BackdoorBench does (NFT's corner: 3x3 at any size)
 
     def __init__(self, *, target: int = 0, trigger_path=None, pool: str = "all", variant: str = "backdoorbench"):
         super().__init__(target=target, pool=pool)
         self.variant = choose("badnets variant", variant, VARIANTS)
-        if variant == "nft":
-            self.pattern = nft_checkerboard() if trigger_path is None else trigger_pattern("", trigger_path, nft_checkerboard)
-            self.mask = torch.zeros(1, *self.pattern.shape[1:], dtype=torch.bool)
-            self.mask[:, -3:, -3:] = True
-        else:
-            self.pattern = trigger_pattern("trigger_image.png", trigger_path, default_patch)
-            self.mask = (self.pattern > 0).any(0, keepdim=True)
+        self.trigger_path = trigger_path
+        self.pattern, self.mask = self.trigger(32)
+
+    def trigger(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pattern and the mask of the pixels it replaces, for ``size`` x ``size`` images."""
+        if self.variant == "nft":
+            pattern = nft_checkerboard(size) if self.trigger_path is None else trigger_pattern("", self.trigger_path, nft_checkerboard, size)
+            mask = torch.zeros(1, size, size, dtype=torch.bool)
+            mask[:, -3:, -3:] = True
+            return pattern, mask
+        pattern = trigger_pattern("trigger_image.png", self.trigger_path, default_patch, size)
+        return pattern, (pattern > 0).any(0, keepdim=True)
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
-        mask, pattern = self.mask.to(images.device), self.pattern.to(images.device)
+        pattern, mask = (self.pattern, self.mask) if images.shape[-1] == 32 else self.at_size(images.shape[-1], self.trigger)
+        mask, pattern = mask.to(images.device), pattern.to(images.device)
         if self.variant == "nft":
             pattern = ((1 - NFT_ALPHA) * images.float() + NFT_ALPHA * pattern.float()).round().clamp(0, 255).to(torch.uint8)
         return torch.where(mask, pattern, images)

@@ -52,6 +52,9 @@ class Attack:
     augments_after_poison = False  # training-controlled: ``augment`` replaces the recipe's, after ``poison_batch``
     published: frozenset = frozenset()  # the names the papers' tables give it
     budgets: dict = {}  # profile name -> (settings, one-line reason), where the attack's own training exceeds the profile's time
+    # Image sizes the trigger is defined for: None for any (its pattern is made at the images' size, as BackdoorBench
+    # resizes its trigger files), else those listed (the learned and crafted triggers are built for 32x32 here).
+    image_sizes: tuple | None = (32,)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -109,6 +112,14 @@ class Attack:
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def at_size(self, size: int, make):
+        """``make(size)``, made once per image size: the trigger at the size of the images it is stamped on.
+        Its 32x32 form is what the constructor makes and the victim key records."""
+        made = self.__dict__.setdefault("_at_size", {})
+        if size not in made:
+            made[size] = make(size)
+        return made[size]
 
     def poison_count(self, labels: torch.Tensor, rate: float) -> int:
         """How many training images ``rate`` poisons; errors if the rate cannot be met."""
@@ -225,7 +236,8 @@ def find_trigger(filename: str, explicit: str | os.PathLike | None) -> Path | No
 
 
 def load_pattern(path: Path, size: int = 32) -> np.ndarray:
-    """A trigger file as a uint8 ``(3, size, size)`` array (images resized, .npy taken as HWC)."""
+    """A trigger file as a uint8 ``(3, size, size)`` array: an image resized (bilinear, as BackdoorBench's ``Resize``
+    of its trigger files), a .npy taken as HWC at that size already (a pattern optimised for one size is not resized)."""
     if path.suffix == ".npy":
         array = np.load(path, allow_pickle=False)
     else:
@@ -233,14 +245,15 @@ def load_pattern(path: Path, size: int = 32) -> np.ndarray:
 
         array = np.asarray(Image.open(path).convert("RGB").resize((size, size), Image.BILINEAR))
     if array.shape[:2] != (size, size):
-        raise PurifyError(f"trigger {str(path)!r} has shape {array.shape}; expected ({size}, {size}, 3)")
+        raise PurifyError(f"trigger {str(path)!r} has shape {array.shape}; expected ({size}, {size}, 3) for {size}x{size} images "
+                          "(pass trigger_path= a pattern made for that size)")
     return np.ascontiguousarray(array.astype(np.uint8).transpose(2, 0, 1))
 
 
-def trigger_pattern(filename: str, explicit, default) -> torch.Tensor:
-    """The trigger as a uint8 ``(3, 32, 32)`` tensor: from its file when found, else ``default()``."""
+def trigger_pattern(filename: str, explicit, default, size: int = 32) -> torch.Tensor:
+    """The trigger as a uint8 ``(3, size, size)`` tensor: from its file when found, else ``default(size)``."""
     path = find_trigger(filename, explicit)
-    return torch.from_numpy(load_pattern(path)) if path else default()
+    return torch.from_numpy(load_pattern(path, size)) if path else default(size)
 
 
 def pattern_digest(pattern: torch.Tensor) -> str:

@@ -37,6 +37,7 @@ def four_corner_checkerboard(size: int = 32) -> tuple[torch.Tensor, torch.Tensor
 
 class LC(BadNets):
     name = "lc"
+    image_sizes = (32,)  # its corner patches and perturbations are made for 32x32 here
     published = frozenset({"LC", "CLB"})
     clean_label = True
     needs_clean_model = True

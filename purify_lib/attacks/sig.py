@@ -14,6 +14,7 @@ class SIG(Attack):
     name = "sig"
     published = frozenset({"SIG"})
     clean_label = True
+    image_sizes = None  # f cycles across the image's width, whatever the width (BackdoorBench's sigTriggerAttack)
 
     def __init__(self, *, target: int = 0, delta: float = 40, frequency: float = 6):
         super().__init__(target=target)

@@ -34,6 +34,7 @@ class WaNet(Attack):
     name = "wanet"
     published = frozenset({"WaNet"})
     training_controlled = True
+    image_sizes = None  # the grid is made at ``size``, which the zoo sets to the images' size
 
     def __init__(self, *, target: int = 0, k: int = 4, strength: float = 0.5, grid_rescale: float = 1.0,
                  cross_ratio: float = 2.0, size: int = 32, seed: int = 0, post_augment: bool = True):

@@ -1,0 +1,1 @@
+"""Victims in other tools' formats: ``backdoorbench`` (its ``attack_result.pt``)."""
