@@ -185,6 +185,29 @@ def _check(declared: dict, values: dict) -> None:
             if not fits:
                 raise PurifyError(f"parameter {key}={json.dumps(value)} is {_kind(value)}; {name} expects {_kind(default)} "
                                   f"(its default is {key} = {default!r})")
+        if key in VALUE_CHECKS:
+            VALUE_CHECKS[key](value)
+
+
+def _check_dataset(value: str) -> None:
+    from .datasets import get_spec
+
+    if value:
+        get_spec(value)
+
+
+def _check_imported(paths: list) -> None:
+    from pathlib import Path
+
+    from .errors import PurifyError
+
+    for path in paths:
+        if not Path(str(path)).expanduser().is_file():
+            raise PurifyError(f"imported={json.dumps(paths)}: {path!r} is no file; expected BackdoorBench attack_result.pt paths")
+
+
+# Values a parameter's kind does not settle, checked before anything runs (names, paths)
+VALUE_CHECKS = {"dataset": _check_dataset, "imported": _check_imported}
 
 
 def expand_grid(pairs: list[str]) -> list[dict]:

@@ -175,6 +175,8 @@ def test_nbval_lax_on_a_converted_notebook(smoke_env, tmp_path):
     (["-p", "colour=1"], "error: unknown notebook parameter 'colour' (given colour=1); the parameters of 01_fine_tuning"),
     (["--only", "04", "-p", "path_points=2.5"], "error: parameter path_points=2.5 is a number; 04_distance expects an integer"),
     (["--only", "02", "--grid", "per_group=[20,\"x\"]"], "error: parameter per_group=\"x\" is a string; 02_feature_shift expects an integer"),
+    (["--only", "06", "-p", "dataset=\"mnist\""], "error: unknown dataset 'mnist'; allowed: cifar10, cifar100, gtsrb, tiny_imagenet"),
+    (["--only", "06", "-p", "imported=[\"nowhere/attack_result.pt\"]"], "error: imported=[\"nowhere/attack_result.pt\"]: 'nowhere/attack_result.pt' is no file"),
 ])
 def test_run_all_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     env = {**os.environ, "PURIFY_BUILD": str(tmp_path / "build"), "PURIFY_ZOO": str(tmp_path / "zoo")}
