@@ -165,7 +165,7 @@ def _decode(name: str, source) -> dict[str, np.ndarray]:
         return _checked(name, _from_imagefolder_dir(path, spec.size))
     arrays = spec.read_layout(path) if path.is_dir() else None
     if arrays is None:
-        raise DataNotFound(f"{str(path)!r} is not a {name} folder (its usual layout: see purify_lib/datasets/{spec.read_layout.__module__.rpartition('.')[2]}.py); "
+        raise DataNotFound(f"{str(path)!r} is not a {name} folder (its usual layout: see purify_lib/datasets/{name}.py); "
                            f"either pass root= / set {DATA_ENV} to an ImageFolder tree or zip (train/<class>/*, test/<class>/*), "
                            f"or run where torchvision can download it" + ("" if spec.download else f" ({spec.where})"))
     return _checked(name, arrays)

@@ -34,15 +34,15 @@ class Section:
                  **parameters):
         self.notebook = notebook
         # ``dataset``: another dataset than the profile's (CIFAR-10), and under paper BackdoorBench's recipe for it
-        self.profile = get_profile(profile or None, **({"dataset": dataset} if dataset else {}))
+        other_data = {"dataset": dataset} if dataset else {}
+        parameters = {**other_data, **parameters}
+        self.profile = get_profile(profile or None, **other_data)
         self.device = pick_device(device)
         self.seed, self.victim_seed = seed, victim_seed
-        self.parameters = {"profile": self.profile.name, "device": device, "seed": seed, "victim_seed": victim_seed,
-                           **({"dataset": dataset} if dataset else {}), **parameters}
+        self.parameters = {"profile": self.profile.name, "device": device, "seed": seed, "victim_seed": victim_seed, **parameters}
         self.figures = figures_dir(self.profile.name)
         self.victims: dict = {}
-        self.requested = {"device": device, "seed": seed, "victim_seed": victim_seed, **({"dataset": dataset} if dataset else {}),
-                          **parameters}  # as the parameters cell (or papermill) gave them
+        self.requested = {"device": device, "seed": seed, "victim_seed": victim_seed, **parameters}  # as the parameters cell (or papermill) gave them
         self.needs: list[dict] = []  # every victim and defense asked for, with its cost (see ``finish``)
         self.started = time.perf_counter()
         self.claims = Claims(notebook, self.profile.name)
@@ -120,7 +120,7 @@ class Section:
         from .sweep import arm, sweep
 
         seeds = list(seeds) if seeds is not None else [self.seed + k for k in range(self.profile.spread_seeds)]
-        row = sweep(self, [victim], [arm(name, **params)], baseline=False, seeds=list(seeds)).iloc[0]
+        row = sweep(self, [victim], [arm(name, **params)], baseline=False, seeds=seeds).iloc[0]
         return {m: float(row[f"{m} ±"]) if len(seeds) > 1 else 0.0 for m in ("acc", "asr", "der")}
 
     def settings(self, defaults: dict, **given) -> dict:

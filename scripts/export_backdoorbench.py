@@ -27,7 +27,7 @@ def main(argv=None) -> int:
 
     from pathlib import Path
 
-    from purify_lib.interop.backdoorbench import WIDTH, export_victim
+    from purify_lib.interop.backdoorbench import WIDTH, check_new_folder, export_victim
     from purify_lib.profiles import get_profile
     from purify_lib.zoo import check_requests, get_victim
 
@@ -36,8 +36,7 @@ def main(argv=None) -> int:
         raise PurifyError(f"profile {profile.name} trains width {profile.width}; BackdoorBench's preactresnet18 has width {WIDTH}: use --profile paper")
     check_requests([(attack, rate)], profile)
     folder = Path(args.folder)
-    if folder.exists() and any(folder.iterdir()):
-        raise PurifyError(f"{folder} exists and is not empty; choose a new folder")
+    check_new_folder(folder)  # before training anything
     path = export_victim(get_victim(attack, rate, profile, device=args.device), folder, args.data_path)
     print(f"written to {path}")
     return 0

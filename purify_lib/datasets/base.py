@@ -76,17 +76,31 @@ def decode_entries(entries, size: int) -> dict[str, np.ndarray]:
     return out
 
 
+# The globals a pickle of numpy arrays and scalars names, under numpy 1's and numpy 2's module paths: all that a
+# restricted unpickler needs to allow for them (CIFAR's batches here, BackdoorBench's attack results in ``interop``).
+NUMPY_GLOBALS = tuple((module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray") for name in ("_reconstruct", "scalar")) \
+    + (("numpy", "ndarray"), ("numpy", "dtype"))
+
+
+def numpy_global(module: str, name: str):
+    """The object one of ``NUMPY_GLOBALS`` names, found where the installed numpy keeps it."""
+    import importlib
+
+    if hasattr(np, "_core"):  # numpy 2 reads numpy 1's names (the published files') from their new home
+        module = module.replace("numpy.core", "numpy._core")
+    return getattr(importlib.import_module(module), name)
+
+
 class _ArraysOnly(pickle.Unpickler):
     """Unpickles dicts, lists, strings, numbers and numpy arrays, nothing else: CIFAR's batches need no more."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"), ("numpy", "ndarray"),
-               ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-               ("_codecs", "encode")}  # how pickle protocol 2 writes bytes from Python 3: a string to bytes, nothing more
+    # with how pickle protocol 2 writes bytes from Python 3: a string to bytes, nothing more
+    ALLOWED = {*NUMPY_GLOBALS, ("_codecs", "encode")}
 
     def find_class(self, module, name):
+        if (module, name) in NUMPY_GLOBALS:
+            return numpy_global(module, name)
         if (module, name) in self.ALLOWED:
-            if hasattr(np, "_core"):  # numpy 2 reads numpy 1's names (the published batches') from their new home
-                module = module.replace("numpy.core", "numpy._core")
             return super().find_class(module, name)
         raise PurifyError(f"refused to unpickle {module}.{name}: a CIFAR batch holds only arrays, lists and bytes")
 

@@ -26,6 +26,8 @@ pickled whole, or any other object.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import pickle
@@ -40,7 +42,7 @@ import torch
 from ..attacks import Attack, Poisoned
 from ..data import ImageSet, load_dataset, make_splits
 from ..errors import PurifyError
-from ..files import sha256_file
+from ..datasets.base import NUMPY_GLOBALS, numpy_global
 from ..metrics import evaluate, pick_device
 from ..models import make_model
 from ..profiles import get_profile
@@ -61,25 +63,24 @@ WIDTH = 64  # BackdoorBench's PreActResNet18 has 64 first-stage channels, fixed
 
 def _allowed_globals() -> list:
     """numpy's array, dtype and scalar reconstructors, under the names numpy 1 and numpy 2 pickle them with."""
-    core = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
-    allowed = [np.ndarray, np.dtype]
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        allowed += [(core._reconstruct, f"{module}._reconstruct"), (core.scalar, f"{module}.scalar")]
+    allowed = [(numpy_global(module, name), f"{module}.{name}") for module, name in NUMPY_GLOBALS]
     for kind in (np.int64, np.int32, np.float64, np.float32, np.uint8, np.bool_):
         dtype_class = type(np.dtype(kind))
         allowed.append((dtype_class, f"numpy.dtypes.{dtype_class.__name__}"))
     return allowed
 
 
-def read_attack_result(path) -> dict:
-    """The dict an ``attack_result.pt`` holds, loaded with ``weights_only=True``; one line naming what is wrong otherwise."""
+def read_attack_result(path) -> tuple[dict, str]:
+    """The dict an ``attack_result.pt`` holds, loaded with ``weights_only=True``, and the SHA-256 of its bytes (read
+    once for both); one line naming what is wrong otherwise."""
     path = Path(path).expanduser()
     expected = "a BackdoorBench attack_result.pt"
     if not path.is_file():
         raise PurifyError(f"{path}: no such file; expected {expected}")
+    data = path.read_bytes()
     try:
         with torch.serialization.safe_globals(_allowed_globals()):
-            content = torch.load(path, map_location="cpu", weights_only=True)
+            content = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         if found is None:  # no global refused: the bytes are not a pickle at all
@@ -95,7 +96,13 @@ def read_attack_result(path) -> dict:
     if not isinstance(content, dict) or not set(KEYS) <= set(content):
         missing = sorted(set(KEYS) - set(content)) if isinstance(content, dict) else list(KEYS)
         raise PurifyError(f"{path}: not {expected}: it lacks {', '.join(missing)} (expected the keys {', '.join(KEYS)})")
-    return content
+    return content, hashlib.sha256(data).hexdigest()
+
+
+def check_new_folder(folder: Path) -> None:
+    """An export goes to a new (or empty) folder, never over another."""
+    if folder.exists() and any(folder.iterdir()):
+        raise PurifyError(f"{folder} exists and is not empty; choose a new folder")
 
 
 def to_ours(state: dict) -> dict:
@@ -212,7 +219,7 @@ def import_victim(path, profile=None, data_root=None, device=None) -> ImportedVi
     defenses' budgets (its dataset, model and width become the file's); ``data_root`` the clean data, by default where
     BackdoorBench would look, else the project's own lookup."""
     path = Path(path).expanduser()
-    content = read_attack_result(path)
+    content, sha = read_attack_result(path)
     model_name, clean_data = content["model_name"], content["clean_data"]
     if model_name not in MODELS:
         raise PurifyError(f"{path}: model_name {model_name!r} has no counterpart here; allowed: {', '.join(MODELS)} "
@@ -257,7 +264,6 @@ def import_victim(path, profile=None, data_root=None, device=None) -> ImportedVi
     profile = get_profile(profile, dataset=dataset_name, model=model_name, width=width, train_size=None, test_size=None, defense_data="train")
     model.to(device, memory_format=torch.channels_last).eval()
     metrics = evaluate(model, splits.test, attack, triggered=triggered)
-    sha = sha256_file(path)
     record = {"config": {"format": "backdoorbench", "file": str(path.resolve()), "model": model_name, "width": width,
                          "data": dataset.source, "attack": attack.params(), "poison_rate": len(train_index) / len(splits.train)},
               "key": f"backdoorbench-{sha[:16]}", "sha256": sha, "profile": profile.name, "metrics": metrics,
@@ -304,8 +310,7 @@ def export_victim(victim, folder, data_path: str | None = None) -> Path:
     if profile.train_size is not None or profile.test_size is not None or len(victim.splits.reserve):
         raise PurifyError(f"profile {profile.name} trains on a subset of {profile.dataset}; BackdoorBench's indices refer to the whole "
                           "training and test sets")
-    if folder.exists() and any(folder.iterdir()):
-        raise PurifyError(f"{folder} exists and is not empty; choose a new folder")
+    check_new_folder(folder)
     name = ours[profile.dataset]
     state = {k: v.detach().cpu().clone() for k, v in victim.model.state_dict().items()}
     mean, std = torch.tensor(NORMALIZATION[name][0]), torch.tensor(NORMALIZATION[name][1])
