@@ -93,7 +93,7 @@ def train_model(model, data: ImageSet, recipe: Recipe, attack=None, poison_rate:
     ``adversarial_eps > 0`` trains on ``fgsm_rs`` examples of that L-infinity radius (pixels in
     [0, 1]) instead of the images: LC's adversarially trained model, at about twice the cost.
     ``compile``: the model's forward and backward through ``torch.compile`` (inductor), its compile paid at the
-    first batch of each call; ``scripts/bench_victim.py`` measures what it gains (no profile turns it on).
+    first batch of each call; ``scripts/bench_victim.py`` measures what it gains (the cpu profile turns it on for victims).
     """
     device = next(model.parameters()).device
     precision = resolve_precision(device, precision)

@@ -117,6 +117,7 @@ def victim_config(profile: Profile, attack: Attack | None, poison_rate: float, d
     return {
         # only when set, so every other victim keeps its key
         **({"adversarial_eps": round(adversarial_eps, 6)} if adversarial_eps else {}),
+        **({"compiled": True} if profile.compile_victims else {}),
         "format": ZOO_FORMAT,
         "data": data_source,
         "split_seed": split_seed,
@@ -307,7 +308,7 @@ def _build(model, attack, poison_rate, splits, profile, config, device, progress
         train_set, poisoned_indices = poisoned.data, poisoned.poisoned.tolist()
     model.to(device)
     train_model(model, train_set, profile.recipe, attack, poison_rate, progress=progress, precision=config["precision"],
-                adversarial_eps=config.get("adversarial_eps", 0.0))
+                adversarial_eps=config.get("adversarial_eps", 0.0), compile=config.get("compiled", False))
     seconds = time.perf_counter() - started
     broken = [name for name, tensor in model.state_dict().items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
     if broken:  # stored, it would be served as a victim with 10% ACC and NaN losses
