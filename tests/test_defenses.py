@@ -24,7 +24,9 @@ def backdoored(tmp_path_factory):
     2-core AVX-512 BF16 machine; fp32 elsewhere, slower but the same kind of model).  The test
     needs a victim that has really learned both tasks (ACC >= 60%, ASR >= 90%), so that a
     defense that works passes by a wide margin on any machine and one that does not fails on
-    every machine.  The larger patch makes the backdoor certain at this budget.
+    every machine.  The larger patch makes the backdoor certain at this budget.  Fewer images do not
+    keep that margin: on an Intel Xeon with AMX, 12,000 images trained in 157 s to ACC 63.2%, against
+    70.7% in 240 s for these 20,000 (ASR 100% both).
     """
     from PIL import Image
 
@@ -360,8 +362,9 @@ def test_bad_defense_input(small):
 LOWERS_ASR_IN_CI = ("fst", "ft_sam", "mmbd")
 ASR_BOUND = 40.0
 # The others are not a CI assertion, because their outcome at these budgets is not stable across
-# victims of the same recipe or sits near any bound one could choose (I-BAU at 2 rounds, since cut to 1 with
-# NC's and SAU's budgets, for CI time; these only have to run): I-BAU 2.4% then 44.4%, D3
+# victims of the same recipe or sits near any bound one could choose; these only have to run. Measured at
+# their earlier ``tests`` budgets (I-BAU at 2 rounds, since cut to 1 round of 2 fixed-point steps, and NC's,
+# SAU's and ANP's cut to about half, for CI time): I-BAU 2.4% then 44.4%, D3
 # 100% then 7.2%, NAD 50.1% then 11.3% (ACC 34-41%), FT 26.6% then 96.8% and FE-tuning 40.9% then
 # 97.7% (the second victim also ran after the FST family began rescaling the head in every mode, as
 # the official code does); LP, FT-init, NFT, ANP, PAD and PAD-FT stay at 84-100% on both.  Whether

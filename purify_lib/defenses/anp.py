@@ -40,7 +40,7 @@ class _Perturbed(nn.Module):
 
 @defense(published={"ANP"}, smoke={"steps": 10},
           cpu=({}, "keeps the paper's 2000 steps (about eight minutes): at 200 BadNets-10% kept its ASR (95% -> 95%), at 2000 it fell from 90% to 43%"),
-          tests={"steps": 60})
+          tests={"steps": 30})
 def anp(model, data, evaluator=None, *, eps=0.4, alpha=0.2, lr=0.2, steps=2000, batch_size=128, threshold=0.2,
         seed=0, progress=False) -> Defended:
     """Adversarial neuron pruning (ANP Eq. 4, then pruning by threshold)."""

@@ -23,7 +23,7 @@ from ..seeds import stream
 from .base import Defended, defense, timed
 
 
-@defense(published={"I-BAU", "i-BAU"}, smoke={"rounds": 1}, cpu=({"rounds": 3}, "3 of its 5 rounds, about a minute at width 16"), tests={"rounds": 1})
+@defense(published={"I-BAU", "i-BAU"}, smoke={"rounds": 1}, cpu=({"rounds": 3}, "3 of its 5 rounds, about a minute at width 16"), tests={"rounds": 1, "fixed_point_steps": 2})
 def ibau(model, data, evaluator=None, *, rounds=5, fixed_point_steps=5, lr=1e-4, inner_lr=10.0, portion=0.01,
          batch_size=128, seed=0, progress=False) -> Defended:
     """Implicit-hypergradient adversarial unlearning (I-BAU Alg. 1)."""

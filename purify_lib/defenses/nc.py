@@ -96,7 +96,7 @@ def anomaly(norms: list[float]) -> tuple[list[float], list[int]]:
 
 @defense(published={"NC"}, smoke={"reverse_epochs": 1, "epochs": 1},
           cpu=({"reverse_epochs": 20, "epochs": 10}, "20 of its 80 passes per class, the fewest at which its cost schedule acts (figures/fidelity/nc_passes_5_20.md), and 10 unlearning epochs"),
-          tests={"reverse_epochs": 2, "epochs": 2})
+          tests={"reverse_epochs": 1, "epochs": 1})
 def nc(model, data, evaluator=None, *, reverse_epochs=80, reverse_lr=0.1, init_cost=1e-3, success=98.0, patience=5,
        unlearn_ratio=0.2, epochs=100, lr=0.01, batch_size=256, weight_decay=5e-4, seed=0, progress=False) -> Defended:
     """Reverse-engineer a trigger per class, flag outliers by the anomaly index, unlearn their triggers (NC Sec. IV, VI)."""

@@ -60,7 +60,7 @@ def shared_perturbation(model, reference, x, y, eps, steps, step_size, beta1, be
 
 @defense(published={"SAU"}, smoke={"epochs": 1},
           cpu=({"epochs": 5}, "5 of its 100 rounds: each step is 5 PGD steps through two models and an update, about 13 passes of a batch"),
-          tests={"epochs": 2})
+          tests={"epochs": 1})
 def sau(model, data, evaluator=None, *, epochs=100, lr=1e-4, batch_size=256, eps=0.2, pgd_steps=5, pgd_lr=0.2, beta1=0.01,
         beta2=1.0, lmd1=1.0, lmd2=0.0, lmd3=1.0, seed=0, progress=False) -> Defended:
     """Shared adversarial unlearning (SAU Alg. 1)."""
