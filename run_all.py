@@ -93,19 +93,28 @@ def zoo_is_empty() -> bool:
     return not any(zoo.glob("*.json")) and not any((zoo / "defended").glob("*.json"))
 
 
-def write_run_summary(results: list[dict], profile: str, wall: float, cold: bool, estimate: dict):
-    """``run_summary.json`` beside the profile's figures: what this run was, where, what it cost and computed."""
+def write_run_summary(results: list[dict], profile: str, wall: float, cold: bool, estimate: dict, tasks=None, parameters=None):
+    """``run_summary.json`` beside the profile's figures: what this run was, where, what it cost and computed, and what
+    ``--plan`` now prices a cold run of the same notebooks at, from the needs records this run wrote (``plan_if_cold``:
+    the same figure ``PURIFY_ZOO=<an empty folder> run_all.py --plan --force`` prints)."""
+    import tempfile
+
     from purify_lib.files import atomic_path
     from purify_lib.paths import figures_dir
     from purify_lib.provenance import git_commit, machine
 
     computed = {part: sum(r.get("computed", {}).get(part, 0) for r in results) for part in ("victims", "defense runs")}
+    with tempfile.TemporaryDirectory() as empty:
+        priced = execution.plan_minutes(tasks, profile, parameters or {}, force=True, zoo=Path(empty)) if tasks else {}
+    known = [m for m in priced.values() if m is not None]
     facts = machine()
     summary = {"commit": git_commit(), "profile": profile, "machine": {k: facts.get(k) for k in ("cpu", "threads", "gpu", "platform")},
                "wall_seconds": round(wall, 1), "cold": cold,
                "breakdown": {part: round(sum((r.get("breakdown") or {}).get(part, 0.0) for r in results), 1) for part in PARTS},
                "computed": computed, "failed": [r["notebook"] for r in results if r["status"] == "failed"],
                "planned_minutes": {k: None if v is None else round(v, 1) for k, v in estimate.items()},
+               "plan_if_cold": {"minutes": round(sum(known), 1), "vs_wall": round(sum(known) * 60 / wall, 3) if wall else None,
+                                "unpriced": [k for k, v in priced.items() if v is None]},
                "notebooks": [{"notebook": r["notebook"], "status": r["status"], "seconds": round(r["seconds"], 1),
                               "breakdown": {k: round(v, 1) for k, v in (r.get("breakdown") or {}).items()}} for r in results]}
     path = figures_dir(profile) / "run_summary.json"
@@ -260,7 +269,7 @@ def main(argv=None) -> int:
         results = run_submitit(tasks, profile, parameters, args.force, args)
     wall = time.perf_counter() - started
     print(summary(results, wall))
-    print(f"run summary written to {write_run_summary(results, profile, wall, cold, estimate)}")
+    print(f"run summary written to {write_run_summary(results, profile, wall, cold, estimate, tasks, parameters)}")
     from purify_lib.status import write_status
 
     print(f"status written to {write_status(execution.notebook_names(), profile)}")  # what reproduces, from the notebooks' records

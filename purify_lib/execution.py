@@ -396,16 +396,17 @@ def plan(tasks: list[tuple[str, dict]], profile: str, parameters: dict, force: b
     return "\n".join(_plan(tasks, profile, parameters, force)[0])
 
 
-def plan_minutes(tasks: list[tuple[str, dict]], profile: str, parameters: dict, force: bool = False) -> dict:
-    """The plan's minutes left per notebook label (0 when up to date, ``None`` when it has no needs record yet)."""
-    return _plan(tasks, profile, parameters, force)[1]
+def plan_minutes(tasks: list[tuple[str, dict]], profile: str, parameters: dict, force: bool = False, zoo: Path | None = None) -> dict:
+    """The plan's minutes left per notebook label (0 when up to date, ``None`` when it has no needs record yet).
+    ``zoo``: the zoo to price against instead of this one (an empty folder prices a cold run)."""
+    return _plan(tasks, profile, parameters, force, zoo)[1]
 
 
-def _plan(tasks, profile, parameters, force):
+def _plan(tasks, profile, parameters, force, zoo=None):
     from .defend import code_digest
     from .zoo import zoo_dir
 
-    zoo = zoo_dir()
+    zoo = zoo or zoo_dir()
     counted: set[str] = set()  # an entry the plan already has a notebook compute before this one
     total = {"victims": 0.0, "defenses": 0.0, "own": 0.0}
     diagnoses_total = 0.0  # the diagnoses that run only where their claims differ

@@ -2,8 +2,10 @@
 
 - ``smoke``: the whole notebook suite in a few minutes on 2 CPU cores (CI).
 - ``cpu``: the default without a GPU: width 16, all the training data, the
-  whole test set, 13 epochs, the recipe that fits about 10 minutes a victim on a 2-core AVX-512
-  BF16 CPU (README, "How the cpu recipe was chosen", has the trials and what it does not learn).
+  whole test set, 13 epochs, the recipe chosen to fit about 10 minutes a victim on a 2-core AVX-512
+  BF16 CPU (README, "How the cpu recipe was chosen", has the trials and what it does not learn; a later
+  session's AMD EPYC took 14).  The notebooks' cpu defaults train two victims, so that a cold run fits
+  90 minutes (README, "What cpu runs").
 - ``paper``: the papers' settings (width 64, all data, BackdoorBench's 100-epoch recipe; with another
   ``dataset``, BackdoorBench's recipe for it, ``datasets/<name>.py``).
 """

@@ -61,6 +61,8 @@ def test_local_executor_runs_two_notebooks_over_one_shared_zoo(tmp_path, shared_
     first = json.loads((tmp_path / "build" / "figures" / "smoke" / "run_summary.json").read_text())
     assert first["cold"] == cold and first["failed"] == [] and first["computed"]["victims"] == (1 if cold else 0)
     assert first["computed"]["defense runs"] > 0 or not cold
+    # --plan's price of a cold run, from the needs records this run wrote: every notebook priced, the victim included
+    assert first["plan_if_cold"]["unpriced"] == [] and first["plan_if_cold"]["minutes"] > 0 and first["plan_if_cold"]["vs_wall"] > 0
     assert sorted(n["notebook"] for n in first["notebooks"]) == ["02_feature_shift", "05_data_purification"] and first["machine"]["threads"]
     status = (tmp_path / "build" / "figures" / "smoke" / "STATUS.md").read_text()  # what reproduces, from the records just written
     assert re.search(r"\| 02_feature_shift \| \d/3 \|", status) and re.search(r"\| 05_data_purification \| \d/3 \|", status)
