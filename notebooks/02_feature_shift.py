@@ -117,24 +117,25 @@ a_low, r_low = rates_seen[0] if len(rates_seen) >= 2 else (None, None)
 low = {m: v for (a, r, m), v in sep.items() if (a, r) == (a_low, r_low)}
 shift = [low[m] for m in ("fe_tuning", "ft_init", "fst") if m in low]
 still = [low[m] for m in ("ft", "lp") if m in low]
-section.claim("At the low rate, feature-shift methods (FE-tuning, FT-init, FST) separate triggered from clean target features more than FT and LP, on average (FST Fig. 4)",
-                 bool(shift and still) and np.mean(shift) > np.mean(still),
-                 "silhouette " + ", ".join(f"{m} {v:.3f}" for m, v in low.items()) if low else "no backdoored low-rate victim")
-others = [m for m in ("nft", "d3") if m in low]
 at_low = scores[(scores["attack"] == a_low) & (scores["rate"] == r_low)].set_index("model")
 
 
-def separation_tracks_removal():
+def separation_tracks_removal(models):
     """Separation is the papers' account of removal: does it follow the backdoor's removal across every model at this rate?"""
     rho = at_low["separation"].corr(at_low["asr"], method="spearman")
-    return (", ".join(f"{m}: ASR {at_low.loc[m, 'asr']:.1f}%" for m in ["victim", *others])
+    return (", ".join(f"{m}: ASR {at_low.loc[m, 'asr']:.1f}%" for m in models)
             + f"; over the {len(at_low)} models at rate {r_low:g}, silhouette against ASR has Spearman rho {rho:.2f}"
             + (" (the models that remove more of the backdoor separate the features more)" if rho < -0.5 else
-               " (separation does not track removal here)")) if others else ""
+               " (separation does not track removal here)")) if models else ""
 
 
+section.claim("At the low rate, feature-shift methods (FE-tuning, FT-init, FST) separate triggered from clean target features more than FT and LP, on average (FST Fig. 4)",
+                 bool(shift and still) and np.mean(shift) > np.mean(still),
+                 "silhouette " + ", ".join(f"{m} {v:.3f}" for m, v in low.items()) if low else "no backdoored low-rate victim",
+                 diagnosis=Diagnosis(lambda: separation_tracks_removal([m for m in ("fe_tuning", "ft_init", "fst", "ft", "lp") if m in low])))
+others = [m for m in ("nft", "d3") if m in low]
 section.claim("NFT and D3 also separate triggered from clean target features beyond the victim (NFT Fig. 1, D3 Fig. 4a)",
               bool(others) and all(low[m] > low["victim"] for m in others),
               ", ".join(f"{m} {low[m]:.3f}" for m in ["victim", *others] if m in low) or "no backdoored low-rate victim",
-              diagnosis=Diagnosis(separation_tracks_removal))
+              diagnosis=Diagnosis(lambda: separation_tracks_removal(["victim", *others] if others else [])))
 section.finish();

@@ -123,11 +123,16 @@ section.claim("Fine-tuning stays close to the backdoor: at t = 1 (the FT model) 
               ", ".join(f"{v}: ASR {at.loc[(v, t_one), 'asr']:.1f}% at t=1" for v in backdoored))
 # Our backdoor loss scores triggered images against their TRUE labels, so a weaker backdoor shows
 # as a LOWER loss; a loss against the target label would rise instead.
+lowest = {v: path[path["victim"] == v].loc[lambda f: f["backdoor_loss"].idxmin()] for v in backdoored}  # where along the path the true-label loss bottoms out
 section.claim("Moving further along the FT direction weakens the backdoor: lower ASR and lower true-label loss on triggered images at t = 2 than at t = 1",
               bool(backdoored) and all(at.loc[(v, 2.0), "asr"] < at.loc[(v, t_one), "asr"]
                                        and at.loc[(v, 2.0), "backdoor_loss"] < at.loc[(v, t_one), "backdoor_loss"] for v in backdoored),
               ", ".join(f"{v}: ASR {at.loc[(v, t_one), 'asr']:.1f}% -> {at.loc[(v, 2.0), 'asr']:.1f}%, loss {at.loc[(v, t_one), 'backdoor_loss']:.2f} -> {at.loc[(v, 2.0), 'backdoor_loss']:.2f}"
-                        for v in backdoored))
+                        for v in backdoored),
+              # Does the whole model degrade past some t, the clean loss rising with the triggered images' true-label loss?
+              diagnosis=Diagnosis(lambda: ", ".join(f"{v}: the true-label loss is lowest at t = {lowest[v]['t']:g} ({lowest[v]['backdoor_loss']:.2f}); from t = 1 to 2 "
+                                                    f"the clean loss goes {at.loc[(v, t_one), 'clean_loss']:.2f} -> {at.loc[(v, 2.0), 'clean_loss']:.2f} and ACC "
+                                                    f"{at.loc[(v, t_one), 'acc']:.1f}% -> {at.loc[(v, 2.0), 'acc']:.1f}%" for v in backdoored)))
 heads = distances[distances["weights"] == "head"]
 head = dict(zip(zip(heads["victim"], heads["method"]), heads["l2 distance"]))
 section.claim("D3 moves the head much further from the victim than FT (D3 Fig. 4b)",
