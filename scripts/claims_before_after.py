@@ -32,7 +32,7 @@ def at_commit(revision: str, path: str) -> str | None:
 def claims(text: str | None, notebook: str) -> pd.DataFrame:
     if not text:
         return pd.DataFrame(columns=["notebook", "claim", "verdict", "measured"])
-    frame = pd.read_csv(io.StringIO(text)).fillna("")
+    frame = pd.read_csv(io.StringIO(text), keep_default_na=False)
     return frame.assign(notebook=notebook)[["notebook", "claim", "verdict", "measured"]]
 
 
