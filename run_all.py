@@ -93,7 +93,7 @@ def zoo_is_empty() -> bool:
     return not any(zoo.glob("*.json")) and not any((zoo / "defended").glob("*.json"))
 
 
-def write_run_summary(results: list[dict], profile: str, wall: float, cold: bool, estimate: dict, tasks=None, parameters=None):
+def write_run_summary(results: list[dict], profile: str, wall: float, cold: bool, estimate: dict, tasks: list, parameters: dict):
     """``run_summary.json`` beside the profile's figures: what this run was, where, what it cost and computed, and what
     ``--plan`` now prices a cold run of the same notebooks at, from the needs records this run wrote (``plan_if_cold``:
     the same figure ``PURIFY_ZOO=<an empty folder> run_all.py --plan --force`` prints)."""
@@ -105,7 +105,7 @@ def write_run_summary(results: list[dict], profile: str, wall: float, cold: bool
 
     computed = {part: sum(r.get("computed", {}).get(part, 0) for r in results) for part in ("victims", "defense runs")}
     with tempfile.TemporaryDirectory() as empty:
-        priced = execution.plan_minutes(tasks, profile, parameters or {}, force=True, zoo=Path(empty)) if tasks else {}
+        priced = execution.plan_minutes(tasks, profile, parameters, force=True, zoo=Path(empty))
     known = [m for m in priced.values() if m is not None]
     facts = machine()
     summary = {"commit": git_commit(), "profile": profile, "machine": {k: facts.get(k) for k in ("cpu", "threads", "gpu", "platform")},
